@@ -1,0 +1,1 @@
+"""fth: fine-tuned heads on a self-supervised livestream frame encoder."""

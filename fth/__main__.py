@@ -1,0 +1,5 @@
+import sys
+
+from fth.cli import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+"""The `fth` command line: one subcommand per job, each registered by its package's `cli` module.
+
+A package's `cli` module defines `register(subparsers)`, adding its subcommands with `set_defaults(func=...)`.
+Those modules import nothing heavy at import time (no torch), so `fth --help` stays fast; the handlers
+import what they need when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+
+from fth.config import ConfigError
+
+# Each module here adds its subcommands; a module that does not exist yet is skipped.
+CLI_MODULES = ("store.cli", "collector.cli", "encoder.cli", "server.cli", "heads.cli", "fth.demo")
+
+
+def add_config_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """The `--config FILE` and repeatable `--set key=value` flags every configurable command takes."""
+    shown = default or "built-in defaults"
+    parser.add_argument("--config", default=default, help=f"YAML file or preset name in configs/ (default: {shown})")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, e.g. --set model.encoder.depth=2 (repeatable; value parsed as YAML)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fth", description="Livestream frames -> self-supervised encoder -> tiny task heads, served over HTTP."
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in CLI_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S"
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"fth: config error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

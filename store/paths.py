@@ -1,0 +1,49 @@
+"""Where fth keeps its data: one workspace folder, laid out the same for every command.
+
+    <workspace>/catalog.sqlite     frame catalog (store.catalog)
+    <workspace>/frames/            frame files, relative paths in the catalog
+    <workspace>/artifacts/         encoders and heads: safetensors + JSON card (store.artifacts)
+    <workspace>/embeddings/        per-encoder embedding shards (store.embeddings)
+    <workspace>/runs/              training runs
+
+The workspace is `--workspace`, else `$FTH_WORKSPACE`, else `./workspace`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def default_workspace() -> Path:
+    return Path(os.environ.get("FTH_WORKSPACE", "workspace"))
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path | None = None) -> Workspace:
+        return cls(Path(root) if root is not None else default_workspace())
+
+    @property
+    def catalog(self) -> Path:
+        return self.root / "catalog.sqlite"
+
+    @property
+    def frames(self) -> Path:
+        return self.root / "frames"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def embeddings(self) -> Path:
+        return self.root / "embeddings"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
