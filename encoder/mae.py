@@ -38,16 +38,21 @@ class Masking(NamedTuple):
     ids_keep: torch.Tensor  # (B, K) indices of the visible patches, ascending
 
 
-def random_masking(x: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None) -> Masking:
+def random_masking(
+    x: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+) -> Masking:
     """Keep exactly int(N * (1 - mask_ratio)) tokens per sample, chosen uniformly at random, in raster order.
 
     x: (B, N, D). `ids_restore` inverts the shuffle: gathering [visible, masked] tokens with it gives raster order.
+    `noise` (B, N), when given, replaces the random draw (training derives it per sample, so the mask of a sample
+    does not depend on which rank or micro-batch it lands in).
     """
     b, n, d = x.shape
     keep = int(n * (1 - mask_ratio))
     if keep < 1:
         raise ValueError(f"mask_ratio {mask_ratio} leaves no visible patch out of {n}")
-    noise = torch.rand(b, n, device=x.device, generator=generator)  # (B, N)
+    if noise is None:
+        noise = torch.rand(b, n, device=x.device, generator=generator)  # (B, N)
     ids_shuffle = torch.argsort(noise, dim=1)
     ids_keep = ids_shuffle[:, :keep].sort(dim=1).values  # (B, K) raster order
     ids_masked = ids_shuffle[:, keep:].sort(dim=1).values  # (B, N-K)
@@ -88,11 +93,15 @@ class MAE(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
 
     def forward_encoder(
-        self, imgs: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
+        self,
+        imgs: torch.Tensor,
+        mask_ratio: float,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Masking, tuple[int, int]]:
         """imgs: (B, C, H, W) -> encoded (B, 1 + K, D) with cls first, the masking, and the grid."""
         tokens, grid = self.encoder.patch_tokens(imgs)  # (B, N, D)
-        masking = random_masking(tokens, mask_ratio, generator)
+        masking = random_masking(tokens, mask_ratio, generator, noise)
         latent, _ = self.encoder.run_blocks(self.encoder.with_cls(masking.visible))
         return latent, masking, grid
 
@@ -124,9 +133,14 @@ class MAE(nn.Module):
         return (per_patch * mask).sum() / mask.sum()
 
     def forward(
-        self, imgs: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None
+        self,
+        imgs: torch.Tensor,
+        mask_ratio: float | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> MAEOutput:
+        """imgs: (B, C, H, W); `noise` (B, N) optionally fixes the per-sample masking (see `random_masking`)."""
         ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
-        latent, masking, grid = self.forward_encoder(imgs, ratio, generator)
+        latent, masking, grid = self.forward_encoder(imgs, ratio, generator, noise)
         pred = self.forward_decoder(latent, masking.ids_restore, grid)
         return MAEOutput(self.forward_loss(imgs, pred, masking.mask), pred, masking.mask)
