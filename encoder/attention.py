@@ -1,23 +1,48 @@
 """Multi-head self-attention with interchangeable backends: exact (SDPA), Nystrom, and auto.
 
-All three share one set of weights (`to_qkv`, `res_conv`, `to_out`), so a model trained with one backend runs with
-another, and `auto` can switch per call on the token count. Nystrom attention (Xiong et al. 2021,
-"Nystromformer") comes from the `nystrom-attention` package; it pads the sequence to a multiple of the landmark
-count, so it is always called with a keep-mask, otherwise its zero pads would take attention weight.
+All three share one set of weights (`to_qkv`, `res_conv`, `to_out`, owned by a `nystrom_attention.NystromAttention`
+module), so a model trained with one backend runs with another, and `auto` switches per call on the token count.
 
-Measured on 2 CPU cores (DESIGN.md, `bench/attention.py`): Nystrom-256 costs ~120-150 ms per layer whatever the
-length (its pseudo-inverse is 24 m^3 per head) and only beats exact attention past a few thousand tokens.
+Nystrom attention is Xiong et al. 2021, "Nystromformer", as implemented by the `nystrom-attention` package: the
+sequence is padded in front to a multiple of m landmarks, landmarks are masked segment means, and the pseudo-inverse
+of the m x m landmark kernel is Newton-Schulz iterated. The package's forward is re-stated here (`forward_nystrom`,
+tested equal to it for a single sample) with two fixes:
+- its pseudo-inverse starts from A^T / (max col-sum x max row-sum) taken over the whole *batch*, so one image's
+  output depended on the other images in its batch (measured: 0.3% relative change at 920 tokens). Here the maxima
+  are per sample (over heads, as the package does for one sample), so an embedding never depends on its batch.
+- its identity matrix is float32, so a bfloat16 model failed; here the pseudo-inverse always runs in float32.
+The keep-mask is always applied, so the zero pads take no attention weight (without it they do: measured 16%
+relative change at 73 tokens with 256 landmarks).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, reduce
 from nystrom_attention import NystromAttention
 from torch import nn
 
 from encoder.config import AttentionConfig
+
+
+def iterative_pinv(a: torch.Tensor, iters: int) -> torch.Tensor:
+    """a: (B, H, m, m) -> its Moore-Penrose pseudo-inverse by `iters` Newton-Schulz steps (Razavi et al. 2014).
+
+    Computed in float32 whatever the input dtype. The start z0 = a^T / (||a||_1 ||a||_inf) takes the norms per
+    sample (max over heads), so samples in a batch never influence each other.
+    """
+    a = a.float()
+    abs_a = a.abs()
+    row = abs_a.sum(dim=-1).amax(dim=(1, 2))  # (B,) max row-sum = ||a||_inf
+    col = abs_a.sum(dim=-2).amax(dim=(1, 2))  # (B,) max col-sum = ||a||_1
+    z = a.transpose(-1, -2) / (row * col)[:, None, None, None]  # (B, H, m, m)
+    eye = torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
+    with torch.autocast(a.device.type, enabled=False):
+        for _ in range(iters):
+            az = a @ z
+            z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
+    return z
 
 
 class Attention(nn.Module):
@@ -36,7 +61,7 @@ class Attention(nn.Module):
         self.cfg = cfg
         self.heads = heads
         self.scale = dim_head**-0.5
-        # The package module owns the weights; the exact path reuses them, so both backends are one function family.
+        # The package module owns the weights; both backends read them, so they are one function family.
         self.nystrom = NystromAttention(
             dim=dim,
             dim_head=dim_head,
@@ -50,7 +75,7 @@ class Attention(nn.Module):
             self.nystrom.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=True)
 
     def backend_for(self, n: int) -> str:
-        """The backend used for a sequence of `n` tokens."""
+        """The backend used for a sequence of `n` tokens (cls included)."""
         if self.cfg.backend == "auto":
             return "exact" if n < self.cfg.crossover else "nystrom"
         return self.cfg.backend
@@ -61,15 +86,55 @@ class Attention(nn.Module):
             return self.forward_exact(x)
         return self.forward_nystrom(x)
 
-    def forward_exact(self, x: torch.Tensor) -> torch.Tensor:
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: (B, N, D) -> q, k, v each (B, H, N, dh)."""
+        qkv = rearrange(self.nystrom.to_qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        return qkv.unbind(0)
+
+    def project_out(self, out: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """out, v: (B, H, N, dh) -> (B, N, D), adding the value residual (a depthwise conv along N) if configured."""
         m = self.nystrom
-        qkv = rearrange(m.to_qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        q, k, v = qkv.unbind(0)  # each (B, H, N, dh)
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, H, N, dh)
         if m.residual:
-            out = out + m.res_conv(v)  # depthwise conv along N, heads as channels
+            out = out + m.res_conv(v)  # heads as channels, kernel over N
         return m.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
-    def forward_nystrom(self, x: torch.Tensor) -> torch.Tensor:
-        keep = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)  # (B, N): pads added inside get False
-        return self.nystrom(x, mask=keep)
+    def forward_exact(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x)
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, H, N, dh)
+        return self.project_out(out, v)
+
+    def forward_nystrom(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, N, D) -> (B, N, D) by Nystrom approximation with m landmarks.
+
+        Args:
+            keep: (B, N) bool, True for real tokens (default: all). Pads added here are always excluded; passing
+                `keep=False` entries is how callers exclude their own padding.
+        """
+        b, n, _ = x.shape
+        lm = self.cfg.num_landmarks
+        if keep is None:
+            keep = torch.ones(b, n, dtype=torch.bool, device=x.device)
+        pad = -n % lm
+        if pad:  # in front, as the package does, so the value-residual conv sees zeros before token 0
+            x = F.pad(x, (0, 0, pad, 0))  # (B, Np, D)
+            keep = F.pad(keep, (pad, 0), value=False)  # (B, Np)
+        q, k, v = self.qkv(x)  # each (B, H, Np, dh)
+        keep_tok = keep[:, None, :, None].to(q.dtype)  # (B, 1, Np, 1)
+        q, k, v = q * keep_tok * self.scale, k * keep_tok, v * keep_tok
+
+        seg = (n + pad) // lm  # tokens per landmark
+        q_l = reduce(q, "b h (m l) d -> b h m d", "sum", l=seg)  # (B, H, m, dh)
+        k_l = reduce(k, "b h (m l) d -> b h m d", "sum", l=seg)
+        count = reduce(keep.to(q.dtype), "b (m l) -> b m", "sum", l=seg)  # (B, m) real tokens per landmark
+        q_l, k_l = q_l / (count[:, None, :, None] + 1e-8), k_l / (count[:, None, :, None] + 1e-8)
+        keep_l = count > 0  # (B, m)
+
+        big = -torch.finfo(q.dtype).max
+        kt, kl = keep[:, None, :], keep_l[:, None, :]  # (B, 1, Np), (B, 1, m)
+        attn1 = (q @ k_l.transpose(-1, -2)).masked_fill(~(kt[..., None] & kl[:, :, None, :]), big).softmax(-1)
+        attn2 = (q_l @ k_l.transpose(-1, -2)).masked_fill(~(kl[..., None] & kl[:, :, None, :]), big).softmax(-1)
+        attn3 = (q_l @ k.transpose(-1, -2)).masked_fill(~(kl[..., None] & kt[:, :, None, :]), big).softmax(-1)
+        # attn1 (B, H, Np, m), attn2 (B, H, m, m), attn3 (B, H, m, Np)
+        attn2_inv = iterative_pinv(attn2, self.cfg.pinv_iterations).to(attn1.dtype)
+        out = (attn1 @ attn2_inv) @ (attn3 @ v)  # (B, H, Np, dh)
+        return self.project_out(out, v)[:, -n:]  # drop the front pads

@@ -12,6 +12,7 @@ from encoder.config import ViTConfig
 from encoder.vit import ViT
 from fth.config import from_dict, to_dict
 from store.artifacts import ArtifactError, Card, Registry
+from store.paths import Workspace
 
 KIND = "encoder"
 
@@ -28,8 +29,11 @@ def save_encoder(
 
 
 def load_encoder(ref: str | Path, registry: Registry | None = None, device: str = "cpu") -> tuple[ViT, Card]:
-    """An encoder id (in `registry`) or an artifact folder -> (ViT in eval mode, its card)."""
-    registry = registry or Registry(Path(ref).parent.parent if Path(ref).exists() else ".")
+    """An encoder id (in `registry`, default: the workspace's) or an artifact folder/card path -> (ViT, card).
+
+    The model comes back in eval mode; an unknown id or a non-encoder artifact raises `ArtifactError`.
+    """
+    registry = registry or Registry(Workspace.at().artifacts)
     weights, card = registry.load(ref)
     if card.kind != KIND:
         raise ArtifactError(f"{card.id} is a {card.kind!r} artifact, not an encoder")

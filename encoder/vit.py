@@ -105,13 +105,17 @@ class ViT(nn.Module):
 
     def run_blocks(self, x: torch.Tensor, layers: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x: (B, T, D) -> final normed tokens (B, T, D) and the normed outputs of the blocks in `layers`."""
-        wanted = {i % len(self.blocks) for i in layers}
+        depth = len(self.blocks)
+        bad = [i for i in layers if not -depth <= i < depth]
+        if bad:
+            raise IndexError(f"layers {bad} out of range for a {depth}-block encoder (use 0..{depth - 1} or negatives)")
+        wanted = {i % depth for i in layers}
         taps = {}
         for i, block in enumerate(self.blocks):
             x = block(x)
             if i in wanted:
                 taps[i] = self.norm(x)
-        return self.norm(x), [taps[i % len(self.blocks)] for i in layers]
+        return self.norm(x), [taps[i % depth] for i in layers]
 
     # -- public seams -------------------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The artifact registry: encoders and heads as safetensors weights beside a JSON card.
 
     <root>/<kind>/<id>/weights.safetensors
-    <root>/<kind>/<id>/card.json     {"id", "kind", "name", "config", "parents", "metrics", "created", "files"}
+    <root>/<kind>/<id>/card.json     {"id", "kind", "name", "config", "parents", "metrics", "created"}
 
 The id is `<kind>-<first 16 hex of sha256>` over the weights file and the canonical JSON of config and parents:
 the same weights with the same lineage always get the same id, and any change gets a new one. An artifact is
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 WEIGHTS = "weights.safetensors"
+_ID_RE = re.compile(r"[a-z][a-z0-9_]*-[0-9a-f]+")
 CARD = "card.json"
 
 
@@ -103,7 +105,13 @@ class Registry:
             if final.exists():
                 shutil.rmtree(tmp)
                 return self.card(art_id)
-            os.rename(tmp, final)
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another writer registered the same content between the check and the rename
+                if not (final / CARD).is_file():
+                    raise
+                shutil.rmtree(tmp)
+                return self.card(art_id)
             _fsync_dir(self.root / kind)
             card.path = final
             return card
@@ -119,11 +127,16 @@ class Registry:
         if (path / CARD).is_file():
             return path
         ref = str(ref)
+        if not _ID_RE.fullmatch(ref):  # a path, or something that is neither a path nor an id
+            raise ArtifactError(f"artifact {ref!r}: no {CARD} there, and it is not an artifact id (<kind>-<hex>)")
         kind = ref.split("-", 1)[0]
         candidate = self.root / kind / ref
         if (candidate / CARD).is_file():
             return candidate
-        matches = [p for p in self.root.glob(f"*/{ref}*") if (p / CARD).is_file()]
+        # a unique id prefix (at least <kind>-<4 hex>) also resolves
+        matches = (
+            [p for p in (self.root / kind).glob(f"{ref}*") if (p / CARD).is_file()] if len(ref) > len(kind) + 4 else []
+        )
         if len(matches) == 1:
             return matches[0]
         known = ", ".join(c.id for c in self.list()) or "none"
