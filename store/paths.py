@@ -5,6 +5,8 @@
     <workspace>/artifacts/         encoders and heads: safetensors + JSON card (store.artifacts)
     <workspace>/embeddings/        per-encoder embedding shards (store.embeddings)
     <workspace>/runs/              training runs
+    <workspace>/collector/         the collector daemon's status.json
+    <workspace>/sim/<source>/      a sim source's live HLS folder and its sim.json (collector.sim)
 
 The workspace is `--workspace`, else `$FTH_WORKSPACE`, else `./workspace`.
 """
@@ -47,3 +49,11 @@ class Workspace:
     @property
     def runs(self) -> Path:
         return self.root / "runs"
+
+    @property
+    def collector(self) -> Path:
+        return self.root / "collector"
+
+    @property
+    def sim(self) -> Path:
+        return self.root / "sim"

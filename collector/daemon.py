@@ -1,0 +1,145 @@
+"""The collector daemon: `Collector(config, workspace)` runs every source under supervision until stopped.
+
+`main(config, workspace)` is what `fth collect` calls: it starts the collector, turns SIGTERM and SIGINT into a
+clean stop (stop grabbing, finish the writes in flight, stop every ffmpeg, close the catalog, exit 0 within a
+few seconds) and returns the exit status. Housekeeping (retention, status file) runs in one more thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from collector.config import CollectorConfig, validate
+from collector.sink import FrameSink
+from collector.status import MetricsServer, SourceStats, write_status
+from collector.supervisor import SourceSupervisor
+from store.catalog import Catalog
+from store.paths import Workspace
+
+log = logging.getLogger(__name__)
+
+
+class Collector:
+    """All sources of one config, writing into one workspace's catalog. `start()`, then `stop()` (or `with`)."""
+
+    def __init__(self, cfg: CollectorConfig, workspace: Workspace | None = None):
+        self.cfg = validate(cfg)
+        self.ws = workspace or Workspace.at(cfg.workspace or None)
+        self.stop_event = threading.Event()
+        self.started = time.time()
+        self.catalog: Catalog | None = None
+        self.stats: list[SourceStats] = []
+        self.supervisors: list[SourceSupervisor] = []
+        self.sims: dict = {}
+        self.metrics: MetricsServer | None = None
+        self._house: threading.Thread | None = None
+
+    @property
+    def status_path(self):
+        return self.ws.collector / "status.json"
+
+    def start(self) -> Collector:
+        self.catalog = Catalog(self.ws.root)
+        self.started = time.time()
+        for src in self.cfg.sources:
+            if not src.enabled:
+                continue
+            stats = SourceStats(src.id)
+            sim_url = None
+            if src.kind == "sim":
+                from collector.sim_publish import SimPublisher
+
+                pub = SimPublisher(src.sim, self.ws.sim / src.id).start()
+                self.sims[src.id] = pub
+                sim_url = lambda pub=pub: pub.url
+            sup = SourceSupervisor(src, self.cfg, FrameSink(self.catalog, src, stats), stats, self.stop_event, sim_url)
+            self.stats.append(stats)
+            self.supervisors.append(sup)
+        if self.cfg.metrics_port > 0:
+            self.metrics = MetricsServer(self.stats, self.started, self.cfg.metrics_port, self.cfg.metrics_host)
+            log.info("event=metrics_listening url=http://%s:%d/metrics", self.cfg.metrics_host, self.metrics.port)
+        for sup in self.supervisors:
+            sup.start()
+        self._house = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
+        self._house.start()
+        log.info("event=collector_started sources=%d workspace=%s", len(self.supervisors), self.ws.root)
+        return self
+
+    def _housekeeping(self) -> None:
+        next_retention = time.monotonic()
+        while True:
+            write_status(self.status_path, self.stats, self.started)
+            if time.monotonic() >= next_retention:
+                self.enforce_retention()
+                next_retention = time.monotonic() + self.cfg.retention_every_s
+            if self.stop_event.wait(min(self.cfg.status_every_s, self.cfg.retention_every_s)):
+                return
+
+    def enforce_retention(self) -> int:
+        removed = 0
+        try:
+            for src in self.cfg.sources:
+                if src.retention.enabled:
+                    removed += self.catalog.enforce_retention(
+                        src.retention.max_bytes, src.retention.max_age_days * 86400, source=src.id
+                    )
+            if self.cfg.retention.enabled:
+                removed += self.catalog.enforce_retention(
+                    self.cfg.retention.max_bytes, self.cfg.retention.max_age_days * 86400
+                )
+        except Exception:  # a retention hiccup (disk, lock) must not stop collection; next round retries
+            log.exception("event=retention_failed")
+        if removed:
+            log.info("event=retention removed=%d", removed)
+        return removed
+
+    def stop(self) -> None:
+        """Stop grabbing, let writes in flight finish, stop every ffmpeg and sim, close the catalog."""
+        t0 = time.monotonic()
+        self.stop_event.set()
+        for sup in self.supervisors:
+            sup.sink.closing.set()
+        for sup in self.supervisors:
+            sup.join(timeout=self.cfg.stop_timeout_s + 10)
+            sup.stop_pipeline()
+        for pub in self.sims.values():
+            pub.stop()
+        if self._house is not None:
+            self._house.join(timeout=5)
+        write_status(self.status_path, self.stats, self.started)
+        if self.metrics is not None:
+            self.metrics.stop()
+        if self.catalog is not None:
+            self.catalog.close()
+        log.info("event=collector_stopped took_s=%.2f", time.monotonic() - t0)
+
+    def __enter__(self) -> Collector:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main(cfg: CollectorConfig, workspace: Workspace | None = None) -> int:
+    """Run until SIGTERM/SIGINT, then stop cleanly; returns 0."""
+    stop = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        log.info("event=signal name=%s", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    collector = Collector(cfg, workspace).start()
+    try:
+        while not stop.wait(1.0):
+            if collector.supervisors and not any(s.is_alive() for s in collector.supervisors):
+                log.info("event=all_sources_done")
+                break
+    finally:
+        collector.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0

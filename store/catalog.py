@@ -1,0 +1,366 @@
+"""The frame catalog: one SQLite (WAL) row per stored frame, one JPEG file per row, consistent across crashes.
+
+Schema (table `frames`): `id` (sha256 hex of the encoded bytes, stable), `path` (relative to the data root),
+`source`, `captured_at` (UTC, ISO 8601 `YYYY-MM-DDTHH:MM:SS.ffffffZ`, sorts as text), `local_day` and `local_tod`
+(date and hour-of-day in [0, 24) at the source, from its IANA timezone), `tz`, `width`, `height`, `bytes`,
+`duplicate_of` (id of an earlier near-identical frame of the same source, or NULL), `stale` (1 when the stream froze
+on this frame: later samples were exact duplicates of it), and `state`.
+
+Crash safety is a small journal in the `state` column. Adding a frame commits the row as `writing`, writes the
+file under a temporary name, fsyncs it, renames it into place, fsyncs the folder and commits `ok`. Deleting commits
+`deleting`, unlinks the file, then deletes the row. Only `ok` rows are visible; `recover()` (run when a writer
+opens the catalog) finishes or rolls back whatever a crash interrupted, so after any crash every visible row has a
+complete file whose hash is its id, and no file is left without a row. Commits use `synchronous=FULL`: a frame
+reported as stored survives a power cut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS frames (
+    id TEXT PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    source TEXT NOT NULL,
+    captured_at TEXT NOT NULL,
+    local_day TEXT NOT NULL,
+    local_tod REAL NOT NULL,
+    tz TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    duplicate_of TEXT,
+    stale INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'ok'
+);
+CREATE INDEX IF NOT EXISTS frames_source_time ON frames (source, captured_at);
+CREATE INDEX IF NOT EXISTS frames_time ON frames (captured_at);
+CREATE INDEX IF NOT EXISTS frames_day ON frames (local_day, source);
+CREATE INDEX IF NOT EXISTS frames_pending ON frames (state) WHERE state != 'ok';
+"""
+COLUMNS = "id, path, source, captured_at, local_day, local_tod, tz, width, height, bytes, duplicate_of, stale"
+
+
+@dataclass(frozen=True)
+class FrameRow:
+    """One catalog row. `path` is relative to the catalog's data root."""
+
+    id: str
+    path: str
+    source: str
+    captured_at: str
+    local_day: str
+    local_tod: float
+    tz: str
+    width: int
+    height: int
+    bytes: int
+    duplicate_of: str | None = None
+    stale: bool = False
+
+    @property
+    def captured(self) -> datetime:
+        return datetime.strptime(self.captured_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def utc_text(t: datetime) -> str:
+    """A datetime -> the catalog's sortable UTC text form."""
+    if t.tzinfo is None:
+        raise ValueError("captured_at must be timezone-aware")
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def local_time(t: datetime, tz: str) -> tuple[str, float]:
+    """(local date 'YYYY-MM-DD', hour of day in [0, 24)) of the instant `t` in the IANA zone `tz`."""
+    lt = t.astimezone(ZoneInfo(tz))
+    return lt.strftime("%Y-%m-%d"), lt.hour + lt.minute / 60 + (lt.second + lt.microsecond / 1e6) / 3600
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Catalog:
+    """The frame catalog of one data root: `<root>/catalog.sqlite` and frame files under `<root>/frames/`.
+
+    Thread-safe: one connection guarded by a lock; file I/O happens outside the lock. Other processes may read
+    (and `fth frames` may verify) while a collector writes, as WAL allows.
+
+    Args:
+        root: data root (a workspace folder); created if missing.
+        db_path: the SQLite file, default `<root>/catalog.sqlite`.
+        recover: finish or roll back writes a crash interrupted (writers should; read-only views need not).
+    """
+
+    def __init__(self, root: str | Path, db_path: str | Path | None = None, recover: bool = True):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db_path = Path(db_path) if db_path else self.root / "catalog.sqlite"
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.db_path, check_same_thread=False, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        if recover:
+            self.recover()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _exec(self, sql: str, args: tuple | list = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # -- writing -------------------------------------------------------------------------------------------------
+
+    def add_frame(
+        self,
+        data: bytes,
+        source: str,
+        captured_at: datetime,
+        width: int,
+        height: int,
+        tz: str = "UTC",
+        duplicate_of: str | None = None,
+        ext: str = "jpg",
+    ) -> tuple[FrameRow, bool]:
+        """Store encoded image bytes durably; returns (row, True), or (existing row, False) for bytes already stored."""
+        frame_id = hashlib.sha256(data).hexdigest()
+        existing = self.get(frame_id, any_state=True)
+        if existing is not None:
+            return existing, False
+        captured = utc_text(captured_at)
+        day, tod = local_time(captured_at, tz)
+        hhmmss = captured[11:19].replace(":", "")
+        rel = f"frames/{source}/{captured[:10]}/{hhmmss}_{frame_id[:16]}.{ext}"
+        row = FrameRow(frame_id, rel, source, captured, day, tod, tz, width, height, len(data), duplicate_of)
+        with self._lock:
+            self._db.execute(
+                f"INSERT INTO frames ({COLUMNS}, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'writing')",
+                (*_values(row),),
+            )
+        final = self.root / rel
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            self._exec("DELETE FROM frames WHERE id = ?", (frame_id,))
+            raise
+        self._exec("UPDATE frames SET state = 'ok' WHERE id = ?", (frame_id,))
+        return row, True
+
+    def mark_stale(self, frame_id: str, stale: bool = True) -> None:
+        self._exec("UPDATE frames SET stale = ? WHERE id = ?", (int(stale), frame_id))
+
+    def delete(self, ids: list[str]) -> int:
+        """Remove frames, file and row together (row hidden first, then file unlinked, then row deleted)."""
+        if not ids:
+            return 0
+        rows = []
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            with self._lock:
+                rows += self._db.execute(f"SELECT id, path FROM frames WHERE id IN ({marks})", chunk).fetchall()
+                self._db.execute(f"UPDATE frames SET state = 'deleting' WHERE id IN ({marks})", chunk)
+        for _, rel in rows:
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / rel).unlink()
+        for chunk in _chunks([r[0] for r in rows], 500):
+            self._exec(f"DELETE FROM frames WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+        return len(rows)
+
+    def recover(self) -> dict[str, int]:
+        """Finish or undo interrupted writes and deletes; returns counts of what it did."""
+        done = {"completed": 0, "rolled_back": 0, "deleted": 0}
+        for frame_id, rel, state in self._exec("SELECT id, path, state FROM frames WHERE state != 'ok'"):
+            final = self.root / rel
+            for tmp in final.parent.glob(f"{final.name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+            if state == "writing" and final.is_file() and _sha256_file(final) == frame_id:
+                self._exec("UPDATE frames SET state = 'ok' WHERE id = ?", (frame_id,))
+                done["completed"] += 1
+                continue
+            final.unlink(missing_ok=True)
+            self._exec("DELETE FROM frames WHERE id = ?", (frame_id,))
+            done["rolled_back" if state == "writing" else "deleted"] += 1
+        return done
+
+    # -- reading -------------------------------------------------------------------------------------------------
+
+    def get(self, frame_id: str, any_state: bool = False) -> FrameRow | None:
+        extra = "" if any_state else " AND state = 'ok'"
+        rows = self._exec(f"SELECT {COLUMNS} FROM frames WHERE id = ?{extra}", (frame_id,))
+        return _row(rows[0]) if rows else None
+
+    def frames(
+        self,
+        source: str | None = None,
+        day: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        include_stale: bool = True,
+        include_duplicates: bool = True,
+        newest_first: bool = False,
+        limit: int | None = None,
+    ) -> list[FrameRow]:
+        """Visible rows, oldest first by capture time; filters combine (`day` is the local day at the source)."""
+        where, args = self._where(source, day, since, until, include_stale, include_duplicates)
+        order = "DESC" if newest_first else "ASC"
+        sql = f"SELECT {COLUMNS} FROM frames WHERE {where} ORDER BY captured_at {order}, id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [_row(r) for r in self._exec(sql, args)]
+
+    def iter_frames(self, source: str | None = None, batch: int = 1000) -> Iterator[FrameRow]:
+        """All visible rows of a source (or all sources) in capture order, fetched in batches."""
+        after = ""
+        while True:
+            where, args = self._where(source, None, None, None, True, True)
+            rows = self._exec(
+                f"SELECT {COLUMNS} FROM frames WHERE {where} AND captured_at || id > ? "
+                f"ORDER BY captured_at, id LIMIT {batch}",
+                (*args, after),
+            )
+            if not rows:
+                return
+            yield from (_row(r) for r in rows)
+            after = rows[-1][3] + rows[-1][0]
+
+    def counts(self, source: str | None = None, by_day: bool = True) -> list[tuple[str, str, int, int]]:
+        """(source, local day or '*', frames, bytes) per source (and day), sorted."""
+        where, args = self._where(source, None, None, None, True, True)
+        day = "local_day" if by_day else "'*'"
+        return self._exec(
+            f"SELECT source, {day} AS d, COUNT(*), SUM(bytes) FROM frames WHERE {where} "
+            f"GROUP BY source, d ORDER BY source, d",
+            args,
+        )
+
+    def count(self, source: str | None = None) -> int:
+        where, args = self._where(source, None, None, None, True, True)
+        return self._exec(f"SELECT COUNT(*) FROM frames WHERE {where}", args)[0][0]
+
+    def total_bytes(self, source: str | None = None) -> int:
+        where, args = self._where(source, None, None, None, True, True)
+        return self._exec(f"SELECT COALESCE(SUM(bytes), 0) FROM frames WHERE {where}", args)[0][0]
+
+    def last_frame(self, source: str) -> FrameRow | None:
+        rows = self.frames(source=source, newest_first=True, limit=1)
+        return rows[0] if rows else None
+
+    def sources(self) -> list[str]:
+        return [r[0] for r in self._exec("SELECT DISTINCT source FROM frames WHERE state = 'ok' ORDER BY source")]
+
+    @staticmethod
+    def _where(source, day, since, until, include_stale, include_duplicates) -> tuple[str, list]:
+        clauses, args = ["state = 'ok'"], []
+        for sql, value in (
+            ("source = ?", source),
+            ("local_day = ?", day),
+            ("captured_at >= ?", utc_text(since) if since else None),
+            ("captured_at < ?", utc_text(until) if until else None),
+        ):
+            if value is not None:
+                clauses.append(sql)
+                args.append(value)
+        if not include_stale:
+            clauses.append("stale = 0")
+        if not include_duplicates:
+            clauses.append("duplicate_of IS NULL")
+        return " AND ".join(clauses), args
+
+    # -- checking and retention ----------------------------------------------------------------------------------
+
+    def verify(self, source: str | None = None, hashes: bool = True) -> dict[str, list[str]]:
+        """Rows whose file is missing or whose bytes do not hash to the id, and frame files with no row."""
+        problems: dict[str, list[str]] = {"missing": [], "corrupt": [], "orphans": []}
+        known = set()
+        for row in self.iter_frames(source):
+            path = self.root / row.path
+            known.add(row.path)
+            if not path.is_file():
+                problems["missing"].append(row.id)
+            elif hashes and _sha256_file(path) != row.id:
+                problems["corrupt"].append(row.id)
+        pending = {r[0] for r in self._exec("SELECT path FROM frames WHERE state != 'ok'")}
+        base = self.root / "frames" / source if source else self.root / "frames"
+        if base.is_dir():
+            for path in base.rglob("*"):
+                rel = path.relative_to(self.root).as_posix()
+                if path.is_file() and rel not in known and rel not in pending and not rel.endswith(".tmp"):
+                    problems["orphans"].append(rel)
+        return problems
+
+    def enforce_retention(
+        self, max_bytes: int = 0, max_age_s: float = 0, source: str | None = None, now: datetime | None = None
+    ) -> int:
+        """Delete oldest frames (of `source`, or all) until under `max_bytes` and none older than `max_age_s`."""
+        where, args = self._where(source, None, None, None, True, True)
+        removed = 0
+        if max_age_s > 0:
+            cutoff = utc_text(datetime.fromtimestamp((now or datetime.now(UTC)).timestamp() - max_age_s, UTC))
+            old = self._exec(f"SELECT id FROM frames WHERE {where} AND captured_at < ?", (*args, cutoff))
+            removed += self.delete([r[0] for r in old])
+        if max_bytes > 0:
+            excess = self.total_bytes(source) - max_bytes
+            doomed = []
+            for row in self.iter_frames(source):
+                if excess <= 0:
+                    break
+                doomed.append(row.id)
+                excess -= row.bytes
+            removed += self.delete(doomed)
+        return removed
+
+
+def _values(row: FrameRow) -> tuple:
+    return (
+        row.id, row.path, row.source, row.captured_at, row.local_day, row.local_tod, row.tz,
+        row.width, row.height, row.bytes, row.duplicate_of, int(row.stale),
+    )  # fmt: skip
+
+
+def _row(r: tuple) -> FrameRow:
+    return FrameRow(*r[:11], stale=bool(r[11]))
+
+
+def _chunks(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
