@@ -1,0 +1,112 @@
+"""Helpers for tests and benchmarks: a registered tiny encoder, and a real gunicorn `fth serve` on a free port.
+
+`LiveServer` starts `python -m fth serve` as a subprocess on a loopback port chosen at runtime, waits for `/readyz`,
+and stops it with SIGTERM (graceful drain) on exit. Nothing here is used by the service itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_encoder(workspace, seed: int = 0, preset: str = "tiny"):
+    """Build the preset's ViT with seeded weights and register it; returns (model, card)."""
+    import torch
+
+    from encoder.checkpoint import save_encoder
+    from encoder.config import MAEConfig
+    from encoder.vit import ViT
+    from fth.config import build
+    from store.artifacts import Registry
+
+    torch.manual_seed(seed)
+    model = ViT(build(MAEConfig, preset).encoder).eval()
+    card = save_encoder(model, Registry(workspace.artifacts), name=f"{preset}-{seed}")
+    return model, card
+
+
+class LiveServer:
+    """`fth serve` (gunicorn, gthread) in a subprocess on 127.0.0.1:<free port>.
+
+    Args:
+        workspace: workspace folder.  overrides: ServeConfig fields as a dict (`--set` pairs).
+        env: extra environment (e.g. FTH_API_KEYS).  log_path: where the server's output goes.
+    """
+
+    def __init__(self, workspace: Path, overrides: dict[str, Any] | None = None, env=None, log_path=None, dev=False):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workspace, self.overrides, self.dev = Path(workspace), dict(overrides or {}), dev
+        self.env = {**os.environ, "FTH_WORKSPACE": str(workspace), **(env or {})}
+        self.log_path = Path(log_path or Path(workspace) / f"serve-{self.port}.log")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> LiveServer:
+        cmd = [
+            sys.executable,
+            "-m",
+            "fth",
+            "serve",
+            "--workspace",
+            str(self.workspace),
+            "--bind",
+            f"127.0.0.1:{self.port}",
+        ]
+        for key, value in self.overrides.items():
+            cmd += ["--set", f"{key}={json.dumps(value)}"]
+        if self.dev:
+            cmd.append("--dev")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the server process
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"server not ready in {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> LiveServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
