@@ -1,10 +1,13 @@
-"""`fth model`: inspect model presets and registered encoders (no torch import until a handler runs)."""
+"""`fth model` (presets, registered encoders), `fth train` (MAE pretraining), `fth shards export` (WebDataset tars).
+
+No torch import until a handler runs."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from encoder.train_config import add_train_args
 from fth.cli import add_config_args
 
 
@@ -19,6 +22,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls = model_sub.add_parser("list", help="registered encoders in the workspace")
     ls.add_argument("--workspace", default=None, help="workspace folder (default: $FTH_WORKSPACE or ./workspace)")
     ls.set_defaults(func=_list)
+
+    train = sub.add_parser("train", help="MAE pretraining in one process (torchrun -m encoder.train for DDP)")
+    add_train_args(train)
+    train.set_defaults(func=_train)
+
+    shards = sub.add_parser("shards", help="WebDataset tar shards of the frame catalog")
+    shards_sub = shards.add_subparsers(dest="shards_command", metavar="ACTION", required=True)
+    export = shards_sub.add_parser("export", help="write catalog frames as shuffled tar shards + index.json")
+    export.add_argument("out", help="folder to write the shards into")
+    export.add_argument("--workspace", default=None, help="workspace folder (default: $FTH_WORKSPACE or ./workspace)")
+    export.add_argument("--source", action="append", default=[], help="catalog source id (repeatable; default all)")
+    export.add_argument("--since", default=None, help="UTC ISO time, inclusive")
+    export.add_argument("--until", default=None, help="UTC ISO time, exclusive")
+    export.add_argument("--per-shard", type=int, default=1000, help="frames per shard (default 1000)")
+    export.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    export.add_argument("--include-duplicates", action="store_true", help="keep near-duplicate frames")
+    export.add_argument("--include-stale", action="store_true", help="keep frozen-stream frames")
+    export.set_defaults(func=_shards_export)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -49,4 +70,35 @@ def _list(args: argparse.Namespace) -> int:
             f"{card.id}  {card.created}  {enc['img_size'][0]}x{enc['img_size'][1]} dim={enc['dim']} "
             f"depth={enc['depth']}  {card.name or ''}"
         )
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from encoder.train import main
+    from encoder.train_config import config_from_args
+
+    summary = main(config_from_args(args))
+    print(f"steps {summary['steps']}  final loss {summary['final_loss']}  skipped frames {summary['skipped_frames']}")
+    if summary.get("encoder"):
+        print(f"encoder {summary['encoder']}  run {summary['run']}")
+    return 0
+
+
+def _shards_export(args: argparse.Namespace) -> int:
+    from encoder.data import catalog_records
+    from encoder.shards import export_shards
+    from encoder.train_config import DataConfig
+
+    cfg = DataConfig(
+        workspace=args.workspace,
+        sources=args.source,
+        since=args.since,
+        until=args.until,
+        include_duplicates=args.include_duplicates,
+        include_stale=args.include_stale,
+    )
+    index = export_shards(catalog_records(cfg), args.out, args.per_shard, args.seed)
+    print(f"{index['count']} frames in {len(index['shards'])} shards -> {args.out}  ({index['digest']})")
+    if index["missing"]:
+        print(f"{index['missing']} catalog frames had no file and were left out")
     return 0
