@@ -63,7 +63,7 @@ class LiveServer:
         cmd = [
             sys.executable,
             "-m",
-            "fth",
+            "server.cli",  # `fth serve` without the other packages' subcommands
             "serve",
             "--workspace",
             str(self.workspace),
@@ -76,6 +76,13 @@ class LiveServer:
             cmd.append("--dev")
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the server process
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            return self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float) -> LiveServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -86,7 +93,6 @@ class LiveServer:
             except requests.RequestException:
                 pass
             time.sleep(0.1)
-        self.stop()
         raise TimeoutError(f"server not ready in {timeout} s:\n{self.log()}")
 
     def log(self) -> str:

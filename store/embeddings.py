@@ -42,6 +42,7 @@ class TableWriter:
         self.folder, self.writer, self.row_shape, self.shard_rows = folder, writer, tuple(row_shape), shard_rows
         self.index_path = folder / f"{writer}.index"
         self.shard, self.row = 0, 0
+        _drop_torn_line(self.index_path)
         for _, shard_file, row in _read_index(self.index_path):
             k = int(shard_file.rsplit("-", 1)[1].split(".")[0])
             if (k, row + 1) > (self.shard, self.row):
@@ -82,6 +83,17 @@ class TableWriter:
 
     def close(self) -> None:
         self._mm = None
+
+
+def _drop_torn_line(path: Path) -> None:
+    """Cut a crash's half-written last index line, so the next append starts on a line of its own."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+            os.fsync(f.fileno())
 
 
 def _read_index(path: Path) -> Iterable[tuple[str, str, int]]:
