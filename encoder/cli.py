@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from encoder.train_config import add_train_args
 from fth.cli import add_config_args
@@ -74,10 +75,15 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from encoder.engine import NonFiniteLoss
     from encoder.train import main
     from encoder.train_config import config_from_args
 
-    summary = main(config_from_args(args))
+    try:
+        summary = main(config_from_args(args))
+    except NonFiniteLoss as e:
+        print(f"fth train: {e}", file=sys.stderr)
+        return 1
     print(f"steps {summary['steps']}  final loss {summary['final_loss']}  skipped frames {summary['skipped_frames']}")
     if summary.get("encoder"):
         print(f"encoder {summary['encoder']}  run {summary['run']}")

@@ -29,7 +29,7 @@ import torch.distributed as dist
 import yaml
 from PIL import Image
 
-from encoder.engine import Trainer, checkpoints
+from encoder.engine import NonFiniteLoss, Trainer, checkpoints
 from encoder.mae import MAE, patchify, unpatchify
 from encoder.optim import build_optimizer, peak_lr, warmup_steps
 from encoder.preprocess import normalize
@@ -349,7 +349,11 @@ def cli_main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S",
     )
-    main(config_from_args(args))
+    try:
+        main(config_from_args(args))
+    except NonFiniteLoss as e:
+        log.error("%s", e)
+        return 1
     return 0
 
 
