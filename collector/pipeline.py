@@ -1,9 +1,10 @@
 """One persistent ffmpeg per source: the command (built with ffmpeg-python), the process, its frames and its stderr.
 
 ffmpeg decodes the stream (keyframes only with `-skip_frame nokey`), keeps the first frame of every `interval`
-window of stream time (a `select` on `floor(t / interval)`, which never duplicates a frame the way `fps` does
-when keyframes are sparser than the interval), scales it and writes it to stdout as BMP: a format whose header
-carries its own length, so frames are cut from the pipe exactly, and lossless, so the JPEG is encoded once.
+window of stream time (a `select` on `floor(t / interval)`, restarted when timestamps jump back; unlike `fps`
+it never duplicates a frame when keyframes are sparser than the interval), scales it and writes it to stdout
+as BMP: a format whose header carries its own length, so frames are cut from the pipe exactly, and lossless, so
+the JPEG is encoded once.
 
 Known traps handled here: `-rw_timeout` (a silent socket otherwise blocks forever), `-m3u8_hold_counters` (a
 playlist that stops advancing is otherwise polled for ~30 min, then ffmpeg exits 0), and a process group of its
@@ -53,7 +54,10 @@ def build_args(src: SourceConfig, resolved: Resolved, exe: str | None = None) ->
         opts["re"] = None
     interval = f"{src.interval_s:g}"
     video = ffmpeg.input(url, **opts).video.filter(
-        "select", f"isnan(prev_selected_t)+gt(floor(t/{interval}),floor(prev_selected_t/{interval}))"
+        # first frame; first frame of each new interval window; or time went backwards (a discontinuity, a
+        # looped or restarted publisher), which would otherwise stop sampling until the timestamps catch up
+        "select",
+        f"isnan(prev_selected_t)+gt(floor(t/{interval}),floor(prev_selected_t/{interval}))+lt(t,prev_selected_t)",
     )
     if src.width > 0 or src.height > 0:
         w = src.width if src.width > 0 else -2

@@ -76,7 +76,8 @@ class FaultHandler(Handler):
         if srv.mode == "garbage":
             return b"\x00garbage" + random.randbytes(3000)
         if path.startswith("/page"):
-            return 302, f"/live/{srv.token}/index.m3u8"
+            query = f"?expire={int(time.time() + srv.expire_in)}" if srv.expire_in else ""
+            return 302, f"/live/{srv.token}/index.m3u8{query}"
         if path.startswith("/live/"):
             _, _, token, rest = path.split("/", 3)
             if token != srv.token:
@@ -114,6 +115,7 @@ class FaultServer(StaticServer):
         self.httpd.token = "t0"
         self.httpd.frozen = None
         self.httpd.forbidden = 0
+        self.httpd.expire_in = 0  # > 0: /page redirects to a URL carrying ?expire=now+expire_in
         self.httpd.release = threading.Event()
 
     def set_mode(self, mode: str) -> None:

@@ -92,6 +92,34 @@ def test_ytdlp_path_and_403_rotation(live, workspace):
     assert collector_ffmpegs() == []
 
 
+def test_signed_url_resolved_again_before_expiry(live, workspace):
+    _, srv = live
+    srv.httpd.expire_in = 4
+    src = SourceConfig(id="yt", url=srv.url("page"), interval_s=0.5, expiry_margin_s=1.0)
+    with Collector(config(src), workspace) as col:
+        st = col.stats[0]
+        assert wait_for(lambda: st.counts["resolves"] >= 3 and st.counts["stored"] >= 3, 20)
+        assert st.counts["restarts"] == 0 and st.counts["errors"] == 0  # planned, not failures
+    assert collector_ffmpegs() == []
+
+
+def test_file_source_runs_to_the_end(workspace, tmp_path):
+    from collector.ffmpeg_bin import ffmpeg_exe
+
+    clip = tmp_path / "clip.mp4"
+    subprocess.run(
+        [ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=160x96:rate=10:duration=6",
+         "-c:v", "libx264", "-preset", "ultrafast", "-g", "10", "-pix_fmt", "yuv420p", str(clip)],
+        check=True,
+    )  # fmt: skip
+    src = SourceConfig(id="file", url=str(clip), interval_s=1.0, width=80)
+    with Collector(config(src), workspace) as col:
+        assert wait_for(lambda: col.stats[0].state == "done", 15)
+        assert col.stats[0].counts["stored"] == 6 and col.stats[0].counts["restarts"] == 0
+    with Catalog(workspace.root) as cat:
+        assert {(r.width, r.height) for r in cat.frames("file")} == {(80, 48)}
+
+
 def test_sim_source_end_to_end(workspace, tmp_path):
     from collector.sim import load_sim_config, write_labels
     from collector.sim_scene import render
