@@ -32,11 +32,11 @@ class AttentionConfig:
     pinv_iterations: int = 6
     value_residual: bool = True
     residual_kernel: int = 33
-    # bench/attention.py on this 2-core CPU, torch 2.15 (width 1024, 10x64 heads, 256 landmarks, batch 1): SDPA uses
-    # a flash kernel here and beat Nystrom at every measured length up to 4096 tokens (1.96-2.2x faster at 4096,
-    # 2.0x at 3072, in two runs), unlike DESIGN.md's older table. Exact cost grows ~N^2 and Nystrom's ~N, so the
-    # break-even is near 8k; 8192 keeps `auto` on the faster side at all six required lengths (72 ... 8100).
-    crossover: int = 8192
+    # bench/attention.py on this 2-core CPU, torch 2.15 (width 1024, 10x64 heads, 256 landmarks, batch 1, loaded
+    # machine): exact SDPA (a flash kernel here) beat Nystrom at every length up to 4096 (1.96x faster there), Nystrom
+    # won at 8100 (0.49x). Exact grows ~N^2, Nystrom-256 nearly flat, so break-even is ~4096*sqrt(2) ~ 5.8k; 6144
+    # (a multiple of the landmarks) sits between the measured points and keeps auto on the faster side at all six.
+    crossover: int = 6144
 
 
 @dataclass
