@@ -33,6 +33,7 @@ from server.testing import LiveServer, tiny_encoder  # noqa: E402
 from store.paths import Workspace  # noqa: E402
 
 CONCURRENCY = (1, 4, 16, 64)
+SERVER_KEYS = {"max_batch", "max_wait_ms", "torch_threads", "threads", "workers", "switch_interval_ms"}
 
 
 def jpegs(n: int, size: tuple[int, int]) -> list[bytes]:
@@ -67,7 +68,7 @@ def in_process(runner, images: list[bytes], batch: int, seconds: float) -> dict:
     return {"throughput": done / wall, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
 
 
-def over_http(url: str, images: list[bytes], c: int, seconds: float) -> dict:
+def over_http(url: str, images: list[bytes], c: int, seconds: float, per_request: int = 1) -> dict:
     lat: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -78,7 +79,12 @@ def over_http(url: str, images: list[bytes], c: int, seconds: float) -> dict:
         mine, i = [], k
         while time.perf_counter() < stop:
             t0 = time.perf_counter()
-            resp = session.post(f"{url}/v1/embed", data=images[i % len(images)], headers={"Content-Type": "image/jpeg"})
+            if per_request == 1:
+                body = {"data": images[i % len(images)], "headers": {"Content-Type": "image/jpeg"}}
+            else:
+                picks = [images[(i + k) % len(images)] for k in range(per_request)]
+                body = {"files": [("files", (f"{k}.jpg", b, "image/jpeg")) for k, b in enumerate(picks)]}
+            resp = session.post(f"{url}/v1/embed", **body)
             if resp.status_code == 200:
                 mine.append(time.perf_counter() - t0)
             else:
@@ -95,7 +101,8 @@ def over_http(url: str, images: list[bytes], c: int, seconds: float) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    return {"throughput": len(lat) / wall, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "errors": errors[0]}
+    images_done = len(lat) * per_request
+    return {"throughput": images_done / wall, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "errors": errors[0]}
 
 
 def main() -> int:
@@ -104,8 +111,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--image-scale", type=int, default=2, help="JPEG side / model input side (draft decoding)")
+    parser.add_argument("--per-request", type=int, default=1, help="images per HTTP request (multipart when > 1)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="ServeConfig key=value")
     args = parser.parse_args()
+
+    import torch
 
     from fth.config import merge, parse_set
     from server.runner import Runner
@@ -119,30 +129,29 @@ def main() -> int:
         runner = Runner(cfg)
         h, w = runner.size
         images = jpegs(64, (h * args.image_scale, w * args.image_scale))
-        overrides = {
-            k: v for k, v in vars(cfg).items() if k in {"max_batch", "max_wait_ms", "torch_threads", "threads"}
-        }
+        overrides = {k: v for k, v in vars(cfg).items() if k in SERVER_KEYS}
         overrides["threads"] = max(overrides.get("threads", 16), 64)
         overrides["queue_images"] = 1024
         rows = {c: {"inproc": [], "server": []} for c in CONCURRENCY}
         with LiveServer(ws.root, {"encoder": card.id, **overrides}) as server:
             for c in CONCURRENCY:  # warm both paths once
-                in_process(runner, images, min(c, cfg.max_batch), 0.3)
-                over_http(server.url, images, c, 0.3)
+                in_process(runner, images, min(c * args.per_request, cfg.max_batch), 0.3)
+                over_http(server.url, images, c, 0.3, args.per_request)
             for _ in range(args.repeats):
                 for c in CONCURRENCY:
-                    rows[c]["inproc"].append(in_process(runner, images, min(c, cfg.max_batch), args.seconds))
-                    rows[c]["server"].append(over_http(server.url, images, c, args.seconds))
+                    batch = min(c * args.per_request, cfg.max_batch)
+                    rows[c]["inproc"].append(in_process(runner, images, batch, args.seconds))
+                    rows[c]["server"].append(over_http(server.url, images, c, args.seconds, args.per_request))
 
     def med(items: list[dict], key: str) -> float:
         return statistics.median(r[key] for r in items)
 
     table = []
     print(f"preset {args.preset}, input {h}x{w}, JPEG {h * args.image_scale}x{w * args.image_scale}, "
+          f"{args.per_request} image(s)/request, torch threads {torch.get_num_threads()}, "
           f"{args.repeats} interleaved repeats x {args.seconds:g} s, medians")  # fmt: skip
-    print(
-        "| c | in-process img/s | p50 ms | p99 ms | server img/s | p50 ms | p99 ms | server/in-process | +p50 ms | errors |"
-    )
+    print("| c | in-process img/s | p50 ms | p99 ms | server img/s | p50 ms | p99 ms ", end="")
+    print("| server/in-process | +p50 ms | errors |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for c in CONCURRENCY:
         ip, sv = rows[c]["inproc"], rows[c]["server"]
@@ -171,7 +180,8 @@ def main() -> int:
         "c1_added_p50_ms<=15": by_c[1]["added_p50_ms"] <= 15,
     }
     print("bars:", json.dumps(bars))
-    out = Path(__file__).resolve().parent / "results" / "serve.json"
+    name = "serve" if args.per_request == 1 else f"serve_x{args.per_request}"
+    out = Path(__file__).resolve().parent / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"preset": args.preset, "config": vars(args), "rows": table, "bars": bars}, indent=2))
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -39,6 +40,8 @@ class Service:
         from server.runner import Runner  # torch is imported here, in the worker, not at import time
 
         self.cfg = cfg
+        if cfg.switch_interval_ms > 0:
+            sys.setswitchinterval(cfg.switch_interval_ms / 1000)
         self.runner = Runner(cfg)
         self.metrics = Metrics(queue_depth=lambda: self.batcher.depth)
         self.batcher = MicroBatcher(

@@ -19,7 +19,9 @@ class ServeConfig:
         heads: head artifact ids or names to load; each must name this encoder in its card or startup fails.
         auto_heads: also load every registered head fitted on this encoder (others are skipped with a log line).
         device: torch device for the model (`cpu`, `cuda`, `cuda:1`).
-        torch_threads: intra-op threads for the forward pass; 0 keeps torch's default.
+        torch_threads: intra-op threads for the forward pass; 0 = cores / (2 x workers), at least 1, leaving half the
+            cores to the request threads (torch's default of all cores per process oversubscribes under gunicorn).
+        switch_interval_ms: the interpreter's GIL switch interval (`sys.setswitchinterval`); 0 keeps Python's 5 ms.
         max_batch: most images in one forward pass.
         max_wait_ms: longest a queued image waits for companions, counted from the first queued image.
         queue_images: bound on images waiting for the model; beyond it requests get 503 with Retry-After.
@@ -40,6 +42,7 @@ class ServeConfig:
     auto_heads: bool = True
     device: str = "cpu"
     torch_threads: int = 0
+    switch_interval_ms: float = 0.0
     max_batch: int = 32
     max_wait_ms: float = 5.0
     queue_images: int = 256

@@ -43,7 +43,8 @@ def _run(needs: frozenset[str]) -> tuple[dict, int]:
     limits = Limits(cfg.max_images, cfg.max_pixels)
     service.batcher.expect(+1)
     try:
-        files = [(name, f.read()) for name, f in request.files.items(multi=True)] if request.files else None
+        multipart = request.mimetype == "multipart/form-data"
+        files = [(name, f.read()) for name, f in request.files.items(multi=True)] if multipart else None
         encoded = read_images(request.content_type, request.get_data(cache=False), files, limits)
         images = decode_all(encoded, service.runner.size, limits)
         job = service.batcher.submit(Job(images, needs))

@@ -8,6 +8,7 @@ N = gh * gw patch tokens, D width.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,14 @@ from store.paths import Workspace
 log = logging.getLogger(__name__)
 
 
+def intra_op_threads(cfg: ServeConfig) -> int:
+    """Threads for one worker's forward pass. On 2 shared cores torch's default (one per core, OpenMP spin-waiting)
+    ran the tiny model 20-100x slower in `bench/serve.py` once other processes competed for the cores."""
+    if cfg.torch_threads > 0:
+        return cfg.torch_threads
+    return max(1, (os.cpu_count() or 1) // (2 * max(1, cfg.workers)))
+
+
 def newest_encoder(registry: Registry) -> str:
     cards = registry.list("encoder")
     if not cards:
@@ -40,8 +49,7 @@ class Runner:
     """
 
     def __init__(self, cfg: ServeConfig):
-        if cfg.torch_threads > 0:
-            torch.set_num_threads(cfg.torch_threads)
+        torch.set_num_threads(intra_op_threads(cfg))
         registry = Registry(Workspace.at(cfg.workspace).artifacts)
         ref = cfg.encoder or newest_encoder(registry)
         if Path(ref).exists():
