@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -52,9 +53,33 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1000 if values else float("nan")
 
 
+def proc_cpu(pids: list[int]) -> float:
+    """User + system CPU seconds of processes, from /proc (Linux)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def server_pids(pid: int) -> list[int]:
+    """The `fth serve` process and its descendants (gunicorn master and workers)."""
+    pids, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+            pids.append(int(child))
+            frontier.append(int(child))
+    return pids
+
+
 def in_process(runner, images: list[bytes], batch: int, seconds: float) -> dict:
     limits = Limits(64, 50_000_000)
     lat, done, i = [], 0, 0
+    cpu0 = time.process_time()
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
@@ -65,10 +90,11 @@ def in_process(runner, images: list[bytes], batch: int, seconds: float) -> dict:
         done += batch
         i += batch
     wall = time.perf_counter() - start
-    return {"throughput": done / wall, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
+    cpu_ms = (time.process_time() - cpu0) * 1000 / done
+    return {"throughput": done / wall, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "cpu_ms": cpu_ms}
 
 
-def over_http(url: str, images: list[bytes], c: int, seconds: float, per_request: int = 1) -> dict:
+def over_http(url: str, images: list[bytes], c: int, seconds: float, per_request: int = 1, pids=()) -> dict:
     lat: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -95,14 +121,22 @@ def over_http(url: str, images: list[bytes], c: int, seconds: float, per_request
             lat.extend(mine)
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(c)]
+    server_cpu0, client_cpu0 = proc_cpu(list(pids)), time.process_time()
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    images_done = len(lat) * per_request
-    return {"throughput": images_done / wall, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "errors": errors[0]}
+    done = max(1, len(lat) * per_request)
+    return {
+        "throughput": done / wall,
+        "p50_ms": pct(lat, 50),
+        "p99_ms": pct(lat, 99),
+        "errors": errors[0],
+        "cpu_ms": (proc_cpu(list(pids)) - server_cpu0) * 1000 / done,
+        "client_cpu_ms": (time.process_time() - client_cpu0) * 1000 / done,
+    }
 
 
 def main() -> int:
@@ -134,6 +168,7 @@ def main() -> int:
         overrides["queue_images"] = 1024
         rows = {c: {"inproc": [], "server": []} for c in CONCURRENCY}
         with LiveServer(ws.root, {"encoder": card.id, **overrides}) as server:
+            pids = server_pids(server.proc.pid)
             for c in CONCURRENCY:  # warm both paths once
                 in_process(runner, images, min(c * args.per_request, cfg.max_batch), 0.3)
                 over_http(server.url, images, c, 0.3, args.per_request)
@@ -141,7 +176,7 @@ def main() -> int:
                 for c in CONCURRENCY:
                     batch = min(c * args.per_request, cfg.max_batch)
                     rows[c]["inproc"].append(in_process(runner, images, batch, args.seconds))
-                    rows[c]["server"].append(over_http(server.url, images, c, args.seconds, args.per_request))
+                    rows[c]["server"].append(over_http(server.url, images, c, args.seconds, args.per_request, pids))
 
     def med(items: list[dict], key: str) -> float:
         return statistics.median(r[key] for r in items)
@@ -151,8 +186,8 @@ def main() -> int:
           f"{args.per_request} image(s)/request, torch threads {torch.get_num_threads()}, "
           f"{args.repeats} interleaved repeats x {args.seconds:g} s, medians")  # fmt: skip
     print("| c | in-process img/s | p50 ms | p99 ms | server img/s | p50 ms | p99 ms ", end="")
-    print("| server/in-process | +p50 ms | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| server/in-process | +p50 ms | CPU ms/img in-proc | server | client | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for c in CONCURRENCY:
         ip, sv = rows[c]["inproc"], rows[c]["server"]
         row = {
@@ -165,6 +200,9 @@ def main() -> int:
             "server_p99_ms": med(sv, "p99_ms"),
             "errors": sum(r["errors"] for r in sv),
             "throughput_spread": [r["throughput"] for r in sv],
+            "inproc_cpu_ms_per_image": med(ip, "cpu_ms"),
+            "server_cpu_ms_per_image": med(sv, "cpu_ms"),
+            "client_cpu_ms_per_image": med(sv, "client_cpu_ms"),
         }
         row["ratio"] = row["server_throughput"] / row["inproc_throughput"]
         row["added_p50_ms"] = row["server_p50_ms"] - row["inproc_p50_ms"]
@@ -172,7 +210,8 @@ def main() -> int:
         print(
             f"| {c} | {row['inproc_throughput']:.0f} | {row['inproc_p50_ms']:.1f} | {row['inproc_p99_ms']:.1f} "
             f"| {row['server_throughput']:.0f} | {row['server_p50_ms']:.1f} | {row['server_p99_ms']:.1f} "
-            f"| {row['ratio']:.2f} | {row['added_p50_ms']:+.1f} | {row['errors']} |"
+            f"| {row['ratio']:.2f} | {row['added_p50_ms']:+.1f} | {row['inproc_cpu_ms_per_image']:.2f} "
+            f"| {row['server_cpu_ms_per_image']:.2f} | {row['client_cpu_ms_per_image']:.2f} | {row['errors']} |"
         )
     by_c = {r["concurrency"]: r for r in table}
     bars = {
