@@ -1,0 +1,257 @@
+"""Scalar label readers and writers, joined on OUR frame id: CSV, COCO, Label Studio.
+
+Formats followed:
+- CSV: a header row; a key column `frame_id` (our id) or `path` (resolved to an id by the caller's resolver), and a
+  value column (`value`, a named column such as `people_count`, or the only other column).
+- COCO detection JSON (cocodataset.org/#format-data): people count per image = annotations of the `person` category
+  with `iscrowd` 0; an image without such annotations counts 0. `file_name` is resolved to our frame id.
+- Label Studio JSON export (labelstud.io/guide/export#JSON): a list of tasks `{"data": {...}, "annotations": [...]}`;
+  our frame id is kept in `data.frame_id` (tasks exported by `heads.select` carry it), else `data.path` is resolved.
+  The latest non-cancelled annotation wins; a count is read from a `number` result, else from the number of
+  `rectanglelabels` boxes labelled person; a time from a `number` (seconds) or `textarea` ("HH:MM[:SS]") result.
+
+Every reader ends in `finish`, which raises `LabelError` naming counts and the first few offenders for duplicate labels,
+paths that resolve to no frame, and frame ids the catalog does not know. A resolver is any callable path -> frame id
+or None (the catalog provides one); without it a file's stem is taken as the id (and still checked against `known`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Container, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+Resolver = Callable[[str], str | None]
+KEY_COLUMNS = ("frame_id", "path")
+
+
+class LabelError(ValueError):
+    """Labels that cannot be joined to frames or used as given; the message counts the offenders."""
+
+
+@dataclass
+class LabelSet:
+    """Labels keyed by our frame id: `values[i]` labels frame `ids[i]`; `classes` for segmentation masks."""
+
+    ids: list[str]
+    values: list[Any]
+    source: str = ""
+    classes: tuple[str, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(zip(self.ids, self.values, strict=True))
+
+    def align(self, frame_ids: list[str]) -> tuple[list[int], list[Any]]:
+        """Rows of `frame_ids` that have a label, and those labels in that order (the join for fitting)."""
+        lookup = self.as_dict()
+        rows = [i for i, f in enumerate(frame_ids) if f in lookup]
+        return rows, [lookup[frame_ids[i]] for i in rows]
+
+
+def _first(items: Iterable[Any], k: int = 5) -> str:
+    items = list(items)
+    more = f", ... (+{len(items) - k} more)" if len(items) > k else ""
+    return ", ".join(str(i) for i in items[:k]) + more
+
+
+def default_resolver(path: str) -> str | None:
+    """A file's stem as the frame id (frames named by their id); real joins pass the catalog's resolver."""
+    return Path(str(path)).stem or None
+
+
+def resolve_keys(keys: list[str], resolver: Resolver | None, source: str) -> list[str]:
+    """Paths -> frame ids; raises LabelError listing the paths that resolve to nothing."""
+    resolver = resolver or default_resolver
+    ids = [resolver(k) for k in keys]
+    missing = [k for k, i in zip(keys, ids, strict=True) if not i]
+    if missing:
+        raise LabelError(f"{len(missing)} of {len(keys)} paths in {source} resolve to no frame: {_first(missing)}")
+    return [str(i) for i in ids]
+
+
+def finish(
+    ids: list[str],
+    values: list[Any],
+    source: str,
+    known: Container[str] | None = None,
+    unknown: str = "error",
+    classes: tuple[str, ...] | None = None,
+) -> LabelSet:
+    """Check duplicates and unknown frames, then build the LabelSet.
+
+    Args:
+        known: the frame ids that exist (the catalog's); None skips the check.
+        unknown: `error` (default) raises on labels naming unknown frames; `drop` drops them with a warning.
+    """
+    dup = [k for k, c in Counter(ids).items() if c > 1]
+    if dup:
+        raise LabelError(f"{len(dup)} frames are labelled more than once in {source}: {_first(dup)}")
+    if known is not None:
+        missing = [i for i in ids if i not in known]
+        if missing and unknown == "error":
+            raise LabelError(f"{len(missing)} of {len(ids)} labels in {source} name unknown frames: {_first(missing)}")
+        if missing:
+            log.warning("dropping %d labels in %s that name unknown frames: %s", len(missing), source, _first(missing))
+            keep = [j for j, i in enumerate(ids) if i in known]
+            ids, values = [ids[j] for j in keep], [values[j] for j in keep]
+    return LabelSet(list(ids), list(values), source, classes)
+
+
+def _value(text: str) -> Any:
+    try:
+        return float(text)
+    except ValueError:
+        return text.strip()
+
+
+def read_csv(
+    path: str | Path,
+    column: str | None = None,
+    resolver: Resolver | None = None,
+    known: Container[str] | None = None,
+    unknown: str = "error",
+) -> LabelSet:
+    """CSV with a `frame_id` or `path` key column and a value column -> LabelSet (numbers parsed, others kept)."""
+    path = Path(path)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    header = list(rows[0].keys()) if rows else []
+    key = next((k for k in KEY_COLUMNS if k in header), None)
+    if key is None:
+        raise LabelError(f"{path}: no key column; expected one of {', '.join(KEY_COLUMNS)}, got {header}")
+    others = [h for h in header if h not in KEY_COLUMNS]
+    if column is None:
+        column = "value" if "value" in others else (others[0] if len(others) == 1 else None)
+    if column is None or column not in header:
+        raise LabelError(f"{path}: choose the value column (column=...) among {others}")
+    keys = [r[key] for r in rows]
+    empty = [i + 2 for i, r in enumerate(rows) if not (r[key] or "").strip() or (r[column] or "").strip() == ""]
+    if empty:
+        raise LabelError(f"{path}: {len(empty)} rows miss a key or a value (lines {_first(empty)})")
+    ids = keys if key == "frame_id" else resolve_keys(keys, resolver, str(path))
+    return finish(ids, [_value(r[column]) for r in rows], str(path), known, unknown)
+
+
+def write_csv(path: str | Path, labels: LabelSet, column: str = "value") -> Path:
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["frame_id", column])
+        w.writerows(zip(labels.ids, labels.values, strict=True))
+    return path
+
+
+def read_coco(
+    path: str | Path,
+    resolver: Resolver | None = None,
+    known: Container[str] | None = None,
+    category: str = "person",
+    unknown: str = "error",
+) -> LabelSet:
+    """COCO detection JSON -> person count per frame (iscrowd 0 only; images without persons count 0)."""
+    path = Path(path)
+    data = json.loads(path.read_text())
+    cats = [c["id"] for c in data.get("categories", []) if c.get("name") == category]
+    if not cats:
+        names = [c.get("name") for c in data.get("categories", [])]
+        raise LabelError(f"{path}: no {category!r} category among {names}")
+    images = {im["id"]: im["file_name"] for im in data.get("images", [])}
+    counts = dict.fromkeys(images, 0)
+    orphans = []
+    for ann in data.get("annotations", []):
+        if ann.get("category_id") not in cats or ann.get("iscrowd", 0):
+            continue
+        if ann["image_id"] not in counts:
+            orphans.append(ann.get("id", "?"))
+            continue
+        counts[ann["image_id"]] += 1
+    if orphans:
+        raise LabelError(f"{path}: {len(orphans)} annotations point at images not in the file: {_first(orphans)}")
+    ids = resolve_keys([images[i] for i in counts], resolver, str(path))
+    return finish(ids, [float(c) for c in counts.values()], str(path), known, unknown)
+
+
+def write_coco(path: str | Path, counts: LabelSet, file_names: dict[str, str]) -> Path:
+    """People counts -> a COCO file with that many (placeholder-box) person annotations per image."""
+    images, anns = [], []
+    for n, (fid, count) in enumerate(zip(counts.ids, counts.values, strict=True), start=1):
+        images.append({"id": n, "file_name": file_names[fid]})
+        for _ in range(int(count)):
+            anns.append({"id": len(anns) + 1, "image_id": n, "category_id": 1, "iscrowd": 0, "bbox": [0, 0, 1, 1]})
+    data = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "person"}]}
+    Path(path).write_text(json.dumps(data))
+    return Path(path)
+
+
+def _ls_value(results: list[dict[str, Any]], task: str, from_name: str | None) -> Any:
+    """One annotation's results -> the label for `task`, or None when it holds none."""
+    results = [r for r in results if from_name is None or r.get("from_name") == from_name]
+    for r in results:
+        v = r.get("value", {})
+        if r.get("type") == "number" and "number" in v:
+            return float(v["number"])
+        if r.get("type") == "textarea" and v.get("text"):
+            return v["text"][0]
+    if task == "people_count":
+        boxes = [r for r in results if r.get("type") == "rectanglelabels"]
+        if boxes:
+            return float(sum(any(x.lower() == "person" for x in r["value"]["rectanglelabels"]) for r in boxes))
+    return None
+
+
+def read_label_studio(
+    path: str | Path,
+    task: str = "people_count",
+    from_name: str | None = None,
+    resolver: Resolver | None = None,
+    known: Container[str] | None = None,
+    unknown: str = "error",
+) -> LabelSet:
+    """Label Studio JSON export -> LabelSet; tasks without a usable annotation are skipped (and counted in the log)."""
+    path = Path(path)
+    tasks = json.loads(path.read_text())
+    if not isinstance(tasks, list):
+        raise LabelError(f"{path}: expected a Label Studio JSON export (a list of tasks)")
+    keys, values, skipped, keyless = [], [], 0, []
+    for t in tasks:
+        anns = [a for a in t.get("annotations", []) if not a.get("was_cancelled")]
+        anns.sort(key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id", 0)))
+        value = next((v for a in reversed(anns) if (v := _ls_value(a.get("result", []), task, from_name)) is not None),
+                     None)  # fmt: skip
+        if value is None:
+            skipped += 1
+            continue
+        data = t.get("data", {})
+        if data.get("frame_id"):
+            keys.append(("id", str(data["frame_id"])))
+        elif data.get("path"):
+            keys.append(("path", str(data["path"])))
+        else:
+            keyless.append(t.get("id", "?"))
+            continue
+        values.append(value)
+    if keyless:
+        raise LabelError(f"{path}: {len(keyless)} annotated tasks carry neither data.frame_id nor data.path: "
+                         f"{_first(keyless)}")  # fmt: skip
+    if skipped:
+        log.info("%s: %d of %d tasks have no usable %s annotation, skipped", path, skipped, len(tasks), task)
+    paths = [k for kind, k in keys if kind == "path"]
+    resolved = iter(resolve_keys(paths, resolver, str(path)) if paths else [])
+    ids = [k if kind == "id" else next(resolved) for kind, k in keys]
+    return finish(ids, values, str(path), known, unknown)
+
+
+def label_studio_results(task: str, value: Any) -> list[dict[str, Any]]:
+    """The result list an annotator's answer produces in our labelling config (used to build exports in tests)."""
+    if task == "time_of_day" and isinstance(value, str):
+        return [{"from_name": task, "to_name": "image", "type": "textarea", "value": {"text": [value]}}]
+    return [{"from_name": task, "to_name": "image", "type": "number", "value": {"number": value}}]

@@ -1,0 +1,242 @@
+"""Small task heads over frozen encoder features, each rebuilt from its `HeadConfig`.
+
+Read top to bottom: `Standardize -> AttentionPool -> LinearProbe -> MlpHead -> AttnPoolHead -> DenseDecoder`.
+
+- `LinearProbe`: the baseline head. Pooled vector -> linear; for dense tasks a per-token linear map (1x1 conv).
+- `MlpHead`: pooled vector -> MLP.
+- `AttnPoolHead`: per-token MLP, learned 2-D position table, a few learned queries cross-attending over the tokens
+  (attention pooling as in Set Transformer's PMA, Lee et al. 2019, and CoCa/V-JEPA attentive probes), then an MLP.
+  Reads the grid, so it can tell *where* something is, which a pooled vector has averaged away.
+- `DenseDecoder`: 1x1 projection of D down, 3x3 convs with 2x bilinear upsampling (a light SETR-PUP-style decoder,
+  Zheng et al. 2021); the task upsamples its output to the label size.
+
+Every head standardises its input with per-channel mean/std buffers set at fit time, so they travel in the weights.
+Shapes: B batch, gh/gw grid, N = gh*gw tokens, D input width, C decoder channels, Q queries, H attention heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+HeadKind = Literal["auto", "linear", "mlp", "attnpool", "dense"]
+
+
+@dataclass
+class HeadConfig:
+    """A head's architecture; `in_dim`, `out_dim`, `grid` and `dense` are filled in from the features and task.
+
+    Args:
+        kind: `linear` probe, `mlp` on the pooled vector, `attnpool` over the grid, `dense` decoder, or `auto`
+            (dense tasks -> `dense`; scalar tasks -> `attnpool` on grids, `mlp` on pooled vectors).
+        in_dim: feature width D.  out_dim: outputs per frame (or per pixel for dense tasks).
+        grid: (gh, gw) of grid features, (0, 0) for pooled ones.  dense: the task predicts a map.
+        hidden: width of MLPs and the attention-pooling space.
+        queries: learned queries Q of the attention pool.  heads: attention heads H.
+        mlp_layers: hidden layers of the output MLP.
+        pos_embed: learned (gh, gw) position table in the attention pool.
+        channels: decoder channels C.  upsample: number of 2x upsampling stages in the decoder.
+        dropout: dropout before the output layer.
+    """
+
+    kind: HeadKind = "auto"
+    in_dim: int = 0
+    out_dim: int = 1
+    grid: tuple[int, int] = (0, 0)
+    dense: bool = False
+    hidden: int = 256
+    queries: int = 4
+    heads: int = 4
+    mlp_layers: int = 1
+    pos_embed: bool = True
+    channels: int = 64
+    upsample: int = 1
+    dropout: float = 0.0
+
+
+class Standardize(nn.Module):
+    """x: (..., D) -> (x - mean) / std with per-channel statistics of the training features."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor, chunk: int = 4096) -> None:
+        """Set mean/std from features (B, ..., D), in chunks so a large grid set needs no second copy."""
+        d = x.shape[-1]
+        n, s, ss = 0, torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
+        for i in range(0, x.shape[0], chunk):
+            part = x[i : i + chunk].reshape(-1, d).double()  # (b * ..., D)
+            n, s, ss = n + part.shape[0], s + part.sum(0), ss + (part * part).sum(0)
+        mean = s / n
+        self.mean.copy_(mean.float())
+        self.std.copy_((ss / n - mean * mean).clamp_min(0).sqrt().float().clamp_min(1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def mlp(d_in: int, hidden: int, d_out: int, layers: int, dropout: float) -> nn.Sequential:
+    mods: list[nn.Module] = []
+    for _ in range(layers):
+        mods += [nn.Linear(d_in, hidden), nn.GELU()]
+        d_in = hidden
+    return nn.Sequential(*mods, nn.Dropout(dropout), nn.Linear(d_in, d_out))
+
+
+class AttentionPool(nn.Module):
+    """Q learned queries cross-attend over tokens: (B, N, d) -> (B, Q, d)."""
+
+    def __init__(self, dim: int, queries: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention-pool width {dim} is not divisible by heads={heads}")
+        self.heads = heads
+        self.query = nn.Parameter(torch.randn(queries, dim) * 0.02)
+        self.to_kv = nn.Linear(dim, 2 * dim)
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, v = self.to_kv(x).chunk(2, dim=-1)  # (B, N, d) each
+        q = self.query.expand(x.shape[0], -1, -1)  # (B, Q, d)
+        q, k, v = (rearrange(t, "b n (h e) -> b h n e", h=self.heads) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, Q, e)
+        return self.to_out(rearrange(out, "b h q e -> b q (h e)"))
+
+
+class LinearProbe(nn.Module):
+    """Pooled (B, D) -> (B, out); for dense tasks grid (B, gh, gw, D) -> (B, out, gh, gw) by a per-token linear map."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.norm = Standardize(cfg.in_dim)
+        self.fc = nn.Linear(cfg.in_dim, cfg.out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.dense:
+            return rearrange(self.fc(self.norm(x)), "b gh gw o -> b o gh gw")
+        return self.fc(self.norm(x.mean(dim=(1, 2)) if x.dim() == 4 else x))
+
+
+class MlpHead(nn.Module):
+    """Pooled (B, D) (grids are mean-pooled first) -> MLP -> (B, out)."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.norm = Standardize(cfg.in_dim)
+        self.mlp = mlp(cfg.in_dim, cfg.hidden, cfg.out_dim, cfg.mlp_layers, cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm(x.mean(dim=(1, 2)) if x.dim() == 4 else x))
+
+
+class AttnPoolHead(nn.Module):
+    """Grid (B, gh, gw, D) -> per-token MLP -> + positions -> attention pool (B, Q, d) -> MLP -> (B, out)."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        gh, gw = cfg.grid
+        if gh * gw == 0:
+            raise ValueError("an attention-pooling head reads token grids; got pooled features (use kind mlp/linear)")
+        self.cfg = cfg
+        d = cfg.hidden
+        self.norm = Standardize(cfg.in_dim)
+        self.token_mlp = nn.Sequential(nn.Linear(cfg.in_dim, d), nn.GELU(), nn.Linear(d, d))
+        self.pos = nn.Parameter(torch.zeros(1, gh * gw, d)) if cfg.pos_embed else None
+        self.pre = nn.LayerNorm(d)
+        self.pool = AttentionPool(d, cfg.queries, cfg.heads)
+        self.post = nn.LayerNorm(cfg.queries * d)
+        self.out = mlp(cfg.queries * d, d, cfg.out_dim, cfg.mlp_layers, cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.token_mlp(self.norm(rearrange(x, "b gh gw d -> b (gh gw) d")))  # (B, N, d)
+        if self.pos is not None:
+            tokens = tokens + self.pos
+        pooled = self.pool(self.pre(tokens))  # (B, Q, d)
+        return self.out(self.post(rearrange(pooled, "b q d -> b (q d)")))
+
+
+def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(min(8, c_out), c_out), nn.GELU())
+
+
+class DenseDecoder(nn.Module):
+    """Grid (B, gh, gw, D) -> 1x1 down to C -> 3x3 conv -> [2x up, 3x3 conv] x upsample -> (B, out, gh*2^u, gw*2^u)."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        if cfg.grid[0] * cfg.grid[1] == 0:
+            raise ValueError("a dense decoder reads token grids; got pooled features")
+        self.cfg = cfg
+        c = cfg.channels
+        self.norm = Standardize(cfg.in_dim)
+        self.proj = nn.Conv2d(cfg.in_dim, c, 1)
+        self.stem = _conv_block(c, c)
+        self.ups = nn.ModuleList(_conv_block(c, c) for _ in range(cfg.upsample))
+        self.out = nn.Sequential(nn.Dropout2d(cfg.dropout), nn.Conv2d(c, cfg.out_dim, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(rearrange(self.norm(x), "b gh gw d -> b d gh gw"))  # (B, C, gh, gw)
+        x = self.stem(x)
+        for block in self.ups:
+            x = block(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+        return self.out(x)
+
+
+HEADS: dict[str, type[nn.Module]] = {
+    "linear": LinearProbe,
+    "mlp": MlpHead,
+    "attnpool": AttnPoolHead,
+    "dense": DenseDecoder,
+}
+
+
+def resolve_kind(cfg: HeadConfig) -> str:
+    """`auto` -> the default head for the task and feature form."""
+    if cfg.kind != "auto":
+        return cfg.kind
+    is_grid = cfg.grid[0] * cfg.grid[1] > 0
+    if cfg.dense:
+        return "dense"
+    return "attnpool" if is_grid else "mlp"
+
+
+def build_head(cfg: HeadConfig) -> nn.Module:
+    """The head described by `cfg` (with `kind` resolved), freshly initialised."""
+    kind = resolve_kind(cfg)
+    if cfg.dense and kind in ("mlp", "attnpool"):
+        raise ValueError(f"head kind {kind!r} predicts one vector per frame; a dense task needs 'dense' or 'linear'")
+    if cfg.dense and cfg.grid[0] * cfg.grid[1] == 0:
+        raise ValueError("a dense task needs token-grid features (B, gh, gw, D), not pooled vectors")
+    if not cfg.dense and kind == "dense":
+        raise ValueError("head kind 'dense' predicts maps; a scalar task needs 'linear', 'mlp' or 'attnpool'")
+    if cfg.in_dim <= 0:
+        raise ValueError("HeadConfig.in_dim is unset: build heads through heads.fit, which reads it from the features")
+    return HEADS[kind](cfg)
+
+
+def output_bias(head: nn.Module) -> torch.Tensor | None:
+    """The bias of the head's last layer (the one producing the outputs)."""
+    last = [m for m in head.modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1]
+    return last.bias
+
+
+@torch.no_grad()
+def init_output_bias(head: nn.Module, bias: torch.Tensor | None) -> None:
+    """Start the head at the task's naive prediction (e.g. log mean count) so fitting begins at the baseline."""
+    target = output_bias(head)
+    if bias is not None and target is not None:
+        target.copy_(bias.reshape(target.shape))
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
