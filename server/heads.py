@@ -1,12 +1,13 @@
 """The head seam of the server: artifacts of kind "head" that read encoder features and answer JSON.
 
-A head artifact's card holds `parents.encoder` (the exact encoder id it was fitted on) and a config with
-`type` (a key of `HEAD_TYPES`), `input` (`pooled`: (B, D) vectors, or `tokens`: (B, gh, gw, D) grids), optionally
-`layer` (block index of the grid, default -1 = final output) and `labels` (class names for the last axis). The server
-refuses to load a head whose encoder id differs from the one it serves: a head on the wrong encoder would answer
-plausible wrong numbers. `HEAD_TYPES` maps a type name to a builder `(weights, config) -> nn.Module`; the heads
-package adds its own types with `register_head_type`. The module takes the features batch and returns a (B, ...)
-tensor; `ServedHead.to_json` turns each row into the answer.
+A head artifact's card holds `parents.encoder`, the exact encoder id it was fitted on; the server refuses a head
+whose encoder id differs from the one it serves (a head on the wrong encoder answers plausible wrong numbers).
+Two card forms are served:
+- heads saved by `heads.artifact.save_head` (config with a feature `recipe`: pooled or grid, layers concatenated on
+  D), answered by that package's own `predict`;
+- the built-in form: config `type` (a key of `HEAD_TYPES`, builders `(weights, config) -> nn.Module`, extended with
+  `register_head_type`), `input` (`pooled`: (B, D), or `tokens`: (B, gh, gw, D)), optional `layer` (default -1)
+  and `labels` (class names for the last axis); the module's (B, ...) output becomes JSON via `ServedHead.to_json`.
 """
 
 from __future__ import annotations
@@ -61,13 +62,15 @@ class ServedHead:
 
     Args:
         card: its artifact card.  module: the torch module in eval mode.
-        input: `pooled` or `tokens`.  layer: block index of the token grid it reads.
+        input: `pooled` or `tokens`.  layers: block indices it reads; several are concatenated on D.
+        decode: (head, features batch) -> one JSON value per image; default runs `module` and `to_json` per row.
     """
 
     card: Card
     module: nn.Module
     input: str
-    layer: int = -1
+    layers: tuple[int, ...] = (-1,)
+    decode: Callable[[ServedHead, torch.Tensor], list[Any]] | None = None
 
     @property
     def id(self) -> str:
@@ -78,11 +81,25 @@ class ServedHead:
         return self.card.name or self.card.id
 
     @property
-    def feature(self) -> str:
-        """Key of the feature it reads in the runner's output: `pooled`, `tokens` or `layer:<i>`."""
-        if self.input == "pooled":
-            return "pooled"
-        return "tokens" if self.layer == -1 else f"layer:{self.layer}"
+    def features(self) -> set[str]:
+        """Keys of the runner's features it reads: `pooled`, `tokens` (final grid) or `layer:<i>` grids."""
+        if self.input == "pooled" and self.layers == (-1,):
+            return {"pooled"}
+        return {"tokens" if i == -1 else f"layer:{i}" for i in self.layers}
+
+    def assemble(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The head's input batch: (B, D') pooled or (B, gh, gw, D') grids, layers concatenated on D."""
+        if self.input == "pooled" and self.layers == (-1,):
+            return feats["pooled"]
+        grids = [feats["tokens" if i == -1 else f"layer:{i}"] for i in self.layers]  # each (B, gh, gw, D)
+        x = torch.cat(grids, dim=-1) if len(grids) > 1 else grids[0]
+        return x.mean(dim=(1, 2)) if self.input == "pooled" else x
+
+    def predict(self, feats: dict[str, torch.Tensor]) -> list[Any]:
+        x = self.assemble(feats)
+        if self.decode is not None:
+            return self.decode(self, x)
+        return [self.to_json(row) for row in self.module(x).cpu()]
 
     def to_json(self, row: torch.Tensor) -> Any:
         """One image's output -> JSON: the values, plus the arg-max label when the card names labels."""
@@ -93,14 +110,37 @@ class ServedHead:
         return {"values": values}
 
 
+def _from_heads_package(registry: Registry, ref: str, encoder_id: str, device: str) -> ServedHead:
+    """A head saved by `heads.artifact.save_head` (card config with a feature `recipe`), served by its own predict."""
+    from heads import artifact
+
+    try:
+        trained = artifact.load_head(ref, registry, encoder_id)
+    except artifact.EncoderMismatchError as e:
+        raise HeadMismatch(str(e)) from e
+    recipe = trained.recipe
+    if recipe.form == "pooled" and recipe.layers != (-1,) and recipe.pool != "mean":
+        raise ArtifactError(f"head {ref}: pooled features of layers {recipe.layers} need mean pooling")
+    trained.module.to(device)
+
+    def decode(head: ServedHead, x: torch.Tensor) -> list[Any]:
+        return artifact.predict(trained, x)
+
+    source = "pooled" if recipe.form == "pooled" else "tokens"
+    return ServedHead(trained.card, trained.module, source, tuple(recipe.layers), decode)
+
+
 def load_head(registry: Registry, ref: str, encoder_id: str, device: str = "cpu") -> ServedHead:
     """Load head `ref`; HeadMismatch when it was fitted on another encoder, ArtifactError for unknown types."""
-    weights, card = registry.load(ref)
+    card = registry.card(ref)
     if card.kind != KIND:
         raise ArtifactError(f"{card.id} is a {card.kind!r} artifact, not a head")
     fitted_on = card.parents.get("encoder")
     if fitted_on != encoder_id:
         raise HeadMismatch(f"head {card.id} was fitted on encoder {fitted_on!r}, but this server runs {encoder_id!r}")
+    if "recipe" in card.config:
+        return _from_heads_package(registry, ref, encoder_id, device)
+    weights, card = registry.load(ref)
     kind = card.config.get("type")
     if kind not in HEAD_TYPES:
         raise ArtifactError(f"head {card.id}: unknown head type {kind!r} (known: {', '.join(sorted(HEAD_TYPES))})")
@@ -110,7 +150,7 @@ def load_head(registry: Registry, ref: str, encoder_id: str, device: str = "cpu"
     module = HEAD_TYPES[kind](weights, card.config)
     if source == "tokens" and kind == "linear":
         module = _GridMean(module)
-    return ServedHead(card, module.eval().to(device), source, int(card.config.get("layer", -1)))
+    return ServedHead(card, module.eval().to(device), source, (int(card.config.get("layer", -1)),))
 
 
 def load_heads(

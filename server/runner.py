@@ -81,7 +81,7 @@ class Runner:
         model = self.model
         x = normalize(torch.from_numpy(images).to(self.device), model.cfg)  # (B, 3, H, W)
         heads = [self.heads[n.split(":", 1)[1]] for n in needs if n.startswith("head:")]
-        features = {n for n in needs if not n.startswith("head:")} | {h.feature for h in heads}
+        features = {n for n in needs if not n.startswith("head:")}.union(*(h.features for h in heads))
         layers = sorted({int(f.split(":", 1)[1]) for f in features if f.startswith("layer:")})
         tokens, (gh, gw) = model.patch_tokens(x)
         final, taps = model.run_blocks(model.with_cls(tokens), layers)  # (B, 1 + N, D)
@@ -99,6 +99,5 @@ class Runner:
             feats[f"layer:{i}"] = grid(t)
         out: dict[str, Any] = {k: v.float().cpu().numpy() for k, v in feats.items() if k in needs}
         for head in heads:
-            y = head.module(feats[head.feature]).cpu()  # (B, ...)
-            out[f"head:{head.name}"] = [head.to_json(row) for row in y]
+            out[f"head:{head.name}"] = head.predict(feats)  # B JSON values
         return out
