@@ -1,0 +1,92 @@
+"""Registered heads: round trip through the registry, refusal on another encoder or other features, JSON predictions
+for every task, and the diagnostic plots."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from heads import synthetic
+from heads.artifact import EncoderMismatchError, load_head, predict, save_head
+from heads.features import FeatureError
+from heads.fit import FitConfig, fit_from_arrays, predict_outputs
+from heads.plots import plot_fit
+from heads.tasks import TaskConfig
+from store.artifacts import Registry
+
+ENC = "encoder-0123456789abcdef"
+QUICK = dict(batch_size=64, max_steps=20, eval_every=10, threads=1)
+
+
+@pytest.fixture(scope="module")
+def fits():
+    cnt = synthetic.spatial_counts(200, seed=5)
+    tod = synthetic.clock_features(200, dim=16, seed=5)
+    dep = synthetic.depth_grids(60, seed=5)
+    seg = synthetic.segment_grids(60, classes=3, seed=5)
+    seg_task = TaskConfig("segmentation", classes=("bg", "person", "car"))
+    return {
+        "people_count": (fit_from_arrays("people_count", *cnt, FitConfig(**QUICK)), cnt),
+        "time_of_day": (fit_from_arrays("time_of_day", *tod, FitConfig(**QUICK)), tod),
+        "depth": (fit_from_arrays("depth", *dep, FitConfig(**QUICK)), dep),
+        "segmentation": (fit_from_arrays(seg_task, *seg, FitConfig(**QUICK)), seg),
+    }
+
+
+@pytest.mark.parametrize("task", ["people_count", "time_of_day", "depth", "segmentation"])
+def test_round_trip_predicts_the_same(tmp_path, fits, task):
+    result, (x, y, t) = fits[task]
+    registry = Registry(tmp_path / "artifacts")
+    card = save_head(result, registry, encoder_id=ENC, name=f"{task}-test")
+    assert card.id.startswith("head-") and card.parents["encoder"] == ENC
+    assert card.config["recipe"]["form"] == result.recipe.form and card.config["task"]["name"] == task
+    assert card.metrics["baseline"] == json.loads(json.dumps(result.baseline))
+    head = load_head(card.id, registry, encoder_id=ENC)
+    before = predict_outputs(result.head, x[:5])
+    after = predict_outputs(head.module, x[:5])
+    assert torch.equal(before, after)
+    preds = predict(head, x[:3])
+    assert len(preds) == 3 and json.loads(json.dumps(preds)) == preds
+    one = predict(head, x[0])  # one frame without a batch axis
+    assert len(one) == 1 and one[0].keys() == preds[0].keys()
+    if task == "people_count":
+        assert isinstance(preds[0]["count"], float) and preds[0]["count"] >= 0
+        assert one[0]["count"] == pytest.approx(preds[0]["count"], rel=1e-5)
+    if task == "time_of_day":
+        hh, mm = preds[0]["time"].split(":")
+        assert 0 <= int(hh) < 24 and 0 <= int(mm) < 60 and 0 <= preds[0]["minutes"] < 1440
+    if task in ("depth", "segmentation"):
+        key = task
+        full = predict(head, x[:1], size=y.shape[-2:])[0]
+        assert np.asarray(full[key]).shape == y.shape[-2:] == tuple(full["shape"])
+        assert np.asarray(preds[0][key]).shape[0] == x.shape[1] * 2  # decoder output: one 2x upsampling stage
+    if task == "segmentation":
+        assert preds[0]["classes"] == ["bg", "person", "car"]
+
+
+def test_head_refuses_another_encoder_and_other_features(tmp_path, fits):
+    result, (x, _, _) = fits["people_count"]
+    registry = Registry(tmp_path / "artifacts")
+    card = save_head(result, registry, encoder_id=ENC)
+    with pytest.raises(EncoderMismatchError, match=f"fitted on encoder {ENC}.*encoder-ffff"):
+        load_head(card.id, registry, encoder_id="encoder-ffff000000000000")
+    head = load_head(card.path, registry, encoder_id=ENC)
+    with pytest.raises(FeatureError, match=r"grid 6x10 D=32"):
+        predict(head, x[:, :5])  # another grid
+    with pytest.raises(FeatureError, match="pooled"):
+        predict(head, x[:4].mean(axis=(1, 2)))
+    with pytest.raises(ValueError, match="encoder id"):
+        save_head(result, registry)
+
+
+def test_plots_are_pngs(tmp_path, fits):
+    for task in ("people_count", "time_of_day", "depth", "segmentation"):
+        result, (x, y, _) = fits[task]
+        images = [np.full((8, 8, 3), 100, np.uint8)] * len(x) if task == "depth" else None
+        path = plot_fit(result, x, y, tmp_path / "plots", images=images)
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.size[0] > 50 and im.size[1] > 50
