@@ -1,0 +1,64 @@
+"""Head modules: shapes, default sizes at the reference grid, rebuild from config, and kind resolution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fth.config import build, from_dict, to_dict
+from heads.fit import FitConfig
+from heads.models import HeadConfig, build_head, num_params, resolve_kind
+
+SEED_GRID, SEED_DIM = (12, 20), 1024  # configs/seed.yaml: 576x960 frames, 48 px patches, width 1024
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_default_heads_stay_small_at_the_reference_grid(layers):
+    d = SEED_DIM * layers
+    for kind, dense, out in [("attnpool", False, 2), ("mlp", False, 1), ("dense", True, 20), ("linear", True, 20)]:
+        cfg = HeadConfig(kind=kind, in_dim=d, out_dim=out, grid=SEED_GRID if kind != "mlp" else (0, 0), dense=dense)
+        assert num_params(build_head(cfg)) <= 2_000_000, kind
+
+
+def test_output_shapes():
+    x = torch.randn(3, 6, 10, 16)  # (B, gh, gw, D)
+    grid = dict(in_dim=16, grid=(6, 10))
+    assert build_head(HeadConfig(kind="attnpool", out_dim=2, hidden=32, **grid))(x).shape == (3, 2)
+    assert build_head(HeadConfig(kind="mlp", out_dim=1, **grid))(x).shape == (3, 1)  # grids are mean-pooled
+    assert build_head(HeadConfig(kind="linear", out_dim=1, **grid))(x).shape == (3, 1)
+    assert build_head(HeadConfig(kind="linear", out_dim=1, in_dim=16))(x.mean((1, 2))).shape == (3, 1)
+    assert build_head(HeadConfig(kind="dense", out_dim=5, dense=True, **grid))(x).shape == (3, 5, 12, 20)
+    up2 = HeadConfig(kind="dense", out_dim=1, dense=True, upsample=2, channels=16, **grid)
+    assert build_head(up2)(x).shape == (3, 1, 24, 40)
+    assert build_head(HeadConfig(kind="linear", out_dim=5, dense=True, **grid))(x).shape == (3, 5, 6, 10)
+
+
+def test_kind_resolution_and_refusals():
+    assert resolve_kind(HeadConfig(grid=(6, 10))) == "attnpool"
+    assert resolve_kind(HeadConfig()) == "mlp"
+    assert resolve_kind(HeadConfig(dense=True, grid=(6, 10))) == "dense"
+    with pytest.raises(ValueError, match="dense task"):
+        build_head(HeadConfig(kind="attnpool", in_dim=8, grid=(2, 2), dense=True))
+    with pytest.raises(ValueError, match="scalar task"):
+        build_head(HeadConfig(kind="dense", in_dim=8, grid=(2, 2)))
+    with pytest.raises(ValueError, match="token-grid"):
+        build_head(HeadConfig(kind="linear", in_dim=8, dense=True))
+    with pytest.raises(ValueError, match="in_dim is unset"):
+        build_head(HeadConfig(kind="mlp"))
+    with pytest.raises(ValueError, match="token grids"):
+        build_head(HeadConfig(kind="attnpool", in_dim=8))
+
+
+def test_rebuilt_from_config_gives_the_same_function():
+    cfg = HeadConfig(kind="attnpool", in_dim=16, out_dim=1, grid=(6, 10), hidden=32)
+    a = build_head(cfg)
+    b = build_head(from_dict(HeadConfig, to_dict(cfg)))
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 6, 10, 16)
+    assert torch.equal(a.eval()(x), b.eval()(x))
+
+
+@pytest.mark.parametrize("preset", ["heads", "heads_dense"])
+def test_config_presets_load(preset):
+    cfg = build(FitConfig, preset)
+    assert cfg.head.in_dim == 0 and cfg.max_steps > 0
