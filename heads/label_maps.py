@@ -4,8 +4,9 @@ Formats followed:
 - Masks: one single-channel index PNG per frame (PIL mode `P` with a palette, `L`, or 16-bit `I;16`), pixel value =
   class index into a class list (`classes.json`: a list of names, `{"classes": [...]}`, or COCO-style
   `[{"id": 0, "name": ...}]`); `ignore_index` (255) marks unlabelled pixels.
-- Depth: a 16-bit PNG per frame holding depth x `scale` (e.g. millimetres with scale 1000 -> metres), or a float `.npy`
-  in metres; 0 = invalid (no measurement).
+- Depth: a 16-bit PNG per frame holding depth x `scale` (millimetres: scale 1000; the sim's centimetres: scale 100),
+  where raw 0 (no measurement) and 65535 (saturated: sky / beyond range) are invalid; or a float `.npy` in metres
+  (0, inf and nan invalid). Invalid pixels come out as 0, which the depth task ignores.
 A source is a folder of such files (the stem is our frame id, or a path the resolver maps to one) or a CSV with
 `frame_id`/`path` and a `file` column. Errors count the offenders: masks or maps of the wrong size (against the frame
 sizes the catalog knows, or the most common size), unknown class indices, files that are not index images.
@@ -144,21 +145,28 @@ def read_depth(
     known: Container[str] | None = None,
     size: Size = None,
     unknown: str = "error",
+    invalid: tuple[int, ...] = (0, 65535),
 ) -> LabelSet:
-    """16-bit PNGs (value / scale = metres) or float .npy (metres) -> LabelSet of (H, W) float32 maps, 0 = invalid."""
+    """16-bit PNGs (value / scale = metres) or float .npy (metres) -> LabelSet of (H, W) float32 maps, 0 = invalid.
+
+    Args:
+        invalid: raw PNG values that mean "no depth" (set to 0).
+    """
     ids, files = _files(source, (".png", ".npy"), resolver)
     maps, bad = [], []
     for path in files:
         if path.suffix.lower() == ".npy":
             arr = np.load(path).astype(np.float32)
+            arr[~np.isfinite(arr)] = 0.0
         else:
             with Image.open(path) as im:
                 if im.mode not in ("I;16", "I", "I;16B"):
                     bad.append(f"{path.name} (mode {im.mode}, expected 16-bit)")
                     continue
-                arr = np.asarray(im).astype(np.float32) / scale
-        if arr.ndim != 2 or not np.isfinite(arr).all() or (arr < 0).any():
-            bad.append(f"{path.name} (shape {arr.shape}, needs finite depth >= 0)")
+                raw = np.asarray(im)
+                arr = np.where(np.isin(raw, invalid), 0.0, raw.astype(np.float32) / scale).astype(np.float32)
+        if arr.ndim != 2 or (arr < 0).any():
+            bad.append(f"{path.name} (shape {arr.shape}, needs (H, W) depth >= 0)")
             continue
         maps.append(arr)
     if bad:
@@ -177,7 +185,7 @@ def write_depth(folder: str | Path, labels: LabelSet, fmt: str = "png", scale: f
             np.save(folder / f"{fid}.npy", arr)
             continue
         scaled = np.round(arr * scale)
-        if scaled.max(initial=0) > 65535:
+        if scaled.max(initial=0) > 65534:
             raise LabelError(f"depth of frame {fid} reaches {arr.max():.1f}, beyond 16 bits at scale {scale}")
         Image.fromarray(scaled.astype(np.uint16)).save(folder / f"{fid}.png")
     return folder

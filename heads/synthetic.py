@@ -45,14 +45,14 @@ def spatial_counts(n: int, grid=(6, 10), dim: int = 32, max_persons: int = 8, no
 
 
 def clock_features(n: int, dim: int = 64, noise: float = 0.3, seed: int = 0):
-    """Pooled vectors (n, D) and times of day in seconds (n,)."""
+    """Pooled vectors (n, D) and local times of day in hours [0, 24) (n,), the catalog's unit."""
     rng = np.random.default_rng(seed)
-    seconds = rng.uniform(0, 86400, size=n)
-    a = seconds / 86400 * 2 * np.pi
+    hours = rng.uniform(0, 24, size=n)
+    a = hours / 24 * 2 * np.pi
     basis = np.stack([np.cos(a), np.sin(a), np.cos(2 * a), np.sin(2 * a)], 1)  # (B, 4)
     mix = rng.normal(size=(4, dim))
     x = basis @ mix + rng.normal(scale=noise, size=(n, dim))
-    return x.astype(np.float32), seconds.astype(np.float32), _times(n, rng)
+    return x.astype(np.float32), hours.astype(np.float32), _times(n, rng)
 
 
 def _smooth_field(n: int, grid, rng: np.random.Generator, channels: int = 1) -> torch.Tensor:

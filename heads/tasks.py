@@ -40,6 +40,8 @@ class TaskConfig:
         classes: class names for segmentation (index i = classes[i]).
         ignore_index: label value skipped by loss and metrics (segmentation).
         si_lambda: weight of the scale term of the scale-invariant log loss (0 = plain log MSE, 1 = fully invariant).
+        time_unit: unit of NUMERIC time-of-day labels: `hours` in [0, 24) (the catalog's local time of day and the
+            sim's labels), `minutes` or `seconds` since midnight. "HH:MM[:SS]" strings need no unit.
     """
 
     name: TaskName = "people_count"
@@ -47,21 +49,26 @@ class TaskConfig:
     classes: tuple[str, ...] = ()
     ignore_index: int = 255
     si_lambda: float = 0.5
+    time_unit: Literal["hours", "minutes", "seconds"] = "hours"
 
 
-def parse_time_of_day(value: Any) -> float:
-    """Local time of day -> seconds since midnight. Accepts seconds (number), "HH:MM[:SS[.f]]", an ISO datetime
-    string (its local clock time is used), `datetime` or `time`."""
+UNIT_SECONDS = {"hours": 3600.0, "minutes": 60.0, "seconds": 1.0}
+
+
+def parse_time_of_day(value: Any, unit: str = "hours") -> float:
+    """Local time of day -> seconds since midnight. Accepts a number in `unit` (hours by default), "HH:MM[:SS[.f]]",
+    an ISO datetime string (its local clock time is used), `datetime` or `time`."""
     if isinstance(value, datetime):
         value = value.time()
     if isinstance(value, time):
         return value.hour * 3600 + value.minute * 60 + value.second + value.microsecond / 1e6
     if isinstance(value, bool):
-        raise ValueError(f"time of day {value!r}: expected seconds or HH:MM[:SS]")
+        raise ValueError(f"time of day {value!r}: expected a number or HH:MM[:SS]")
     if isinstance(value, int | float | np.integer | np.floating):
-        if not 0 <= float(value) < DAY:
-            raise ValueError(f"time of day {value!r}: seconds must be in [0, 86400)")
-        return float(value)
+        seconds = float(value) * UNIT_SECONDS[unit]
+        if not 0 <= seconds < DAY:
+            raise ValueError(f"time of day {value!r} {unit}: outside one day (is time_unit right?)")
+        return seconds
     text = str(value).strip()
     if "T" in text or (" " in text and "-" in text):
         try:
@@ -71,7 +78,7 @@ def parse_time_of_day(value: Any) -> float:
     parts = text.split(":")
     try:
         if len(parts) == 1:
-            return parse_time_of_day(float(text))
+            return parse_time_of_day(float(text), unit)
         if len(parts) in (2, 3):
             h, m = int(parts[0]), int(parts[1])
             s = float(parts[2]) if len(parts) == 3 else 0.0
@@ -79,7 +86,7 @@ def parse_time_of_day(value: Any) -> float:
                 return h * 3600 + m * 60 + s
     except ValueError:
         pass
-    raise ValueError(f"time of day {value!r}: expected seconds of day or HH:MM[:SS]")
+    raise ValueError(f"time of day {value!r}: expected a number of {unit} or HH:MM[:SS]")
 
 
 def format_time(seconds: float) -> str:
@@ -182,7 +189,15 @@ class TimeOfDay(Task):
     name, out_dim, primary = "time_of_day", 2, "mae_minutes"
 
     def targets(self, values: Any) -> torch.Tensor:
-        return torch.tensor([parse_time_of_day(v) for v in values], dtype=torch.float32)
+        unit = self.cfg.time_unit
+        values = list(values)
+        numbers = [float(v) for v in values if isinstance(v, int | float | np.integer | np.floating)]
+        if unit != "hours" and len(numbers) >= 10 and max(numbers) < 24:
+            raise ValueError(
+                f"all {len(numbers)} numeric times of day are below 24 but time_unit is {unit!r}: hours of day? "
+                "(set the task's time_unit to hours)"
+            )
+        return torch.tensor([parse_time_of_day(v, unit) for v in values], dtype=torch.float32)
 
     @staticmethod
     def angle(seconds: torch.Tensor) -> torch.Tensor:

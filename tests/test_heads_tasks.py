@@ -15,13 +15,23 @@ from heads.tasks import TaskConfig, format_time, make_task, parse_time_of_day
 def test_parse_time_of_day_formats():
     assert parse_time_of_day("07:30") == 7 * 3600 + 1800
     assert parse_time_of_day("23:59:59.5") == 86399.5
-    assert parse_time_of_day(3600) == 3600.0
+    assert parse_time_of_day(1.5) == 5400.0  # numbers are hours of day, the catalog's and the sim's unit
+    assert parse_time_of_day(3600, "seconds") == parse_time_of_day(60, "minutes") == 3600.0
     assert parse_time_of_day("2024-05-01T18:15:00+02:00") == 18 * 3600 + 900  # the camera's local clock
     assert parse_time_of_day(datetime(2024, 1, 1, 6, 0, 30)) == 6 * 3600 + 30
-    for bad in ("25:00", "noon", -1, 86400, True):
+    for bad in ("25:00", "noon", -1, 24, True):
         with pytest.raises(ValueError, match="time of day"):
             parse_time_of_day(bad)
     assert format_time(86390) == "00:00" and format_time(13 * 3600 + 29 * 60 + 40) == "13:30"
+
+
+def test_time_unit_mismatch_is_refused():
+    hours = [float(h) for h in range(0, 24, 2)]
+    with pytest.raises(ValueError, match="12 numeric times of day are below 24 but time_unit is 'seconds'"):
+        make_task(TaskConfig("time_of_day", time_unit="seconds")).targets(hours)
+    with pytest.raises(ValueError, match="outside one day"):
+        make_task("time_of_day").targets([3600.0 * h for h in range(1, 12)])
+    assert make_task("time_of_day").targets(hours)[1] == 7200.0
 
 
 def _clock(seconds):

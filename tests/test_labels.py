@@ -161,6 +161,14 @@ def test_depth_round_trip(tmp_path, fmt):
     assert max(float(np.abs(a - b).max()) for a, b in zip(got.values, maps, strict=True)) <= tol
 
 
+def test_depth_png_sentinels_are_invalid(tmp_path):
+    raw = np.array([[0, 150, 65535]], np.uint16)  # the sim's centimetres: none, 1.5 m, sky
+    (tmp_path / "d").mkdir()
+    Image.fromarray(raw).save(tmp_path / "d" / f"{IDS[0]}.png")
+    got = read_depth(tmp_path / "d", scale=100.0)
+    assert got.values[0].tolist() == [[0.0, 1.5, 0.0]]
+
+
 def test_depth_errors(tmp_path):
     maps = [np.full((8, 8), 2.0, np.float32), np.full((8, 9), 2.0, np.float32), np.full((8, 8), 2.0, np.float32)]
     folder = write_depth(tmp_path / "d", LabelSet(IDS[:3], maps), fmt="npy")
