@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import resource
 import statistics
@@ -35,22 +36,36 @@ def sync(device: str) -> None:
 
 
 def time_interleaved(
-    cases: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, device: str = "cpu"
+    cases: dict[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int = 1,
+    device: str = "cpu",
+    min_sample_s: float = 0.05,
 ) -> dict[str, list[float]]:
-    """Run each case `warmup` times, then `repeats` rounds of all cases in rotating order -> seconds per call."""
+    """Run each case `warmup` times, then `repeats` rounds of all cases in rotating order -> seconds per call.
+
+    A case faster than `min_sample_s` is called several times per sample (the count fixed at warm-up), so a
+    millisecond-scale case is not measured at the resolution of scheduler noise.
+    """
+    inner: dict[str, int] = {}
     for name, fn in cases.items():
         for _ in range(warmup):
             fn()
         sync(device)
-        log.debug("warmed up %s", name)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        inner[name] = max(1, math.ceil(min_sample_s / max(time.perf_counter() - start, 1e-6)))
+        log.debug("warmed up %s (%d calls per sample)", name, inner[name])
     names = list(cases)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
-            cases[name]()
+            for _ in range(inner[name]):
+                cases[name]()
             sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append((time.perf_counter() - start) / inner[name])
     return times
 
 
