@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from store.fsutil import atomic_write
+
 COUNTERS = ("stored", "stale", "flat", "bad", "known", "errors", "restarts", "resolves")
 
 
@@ -76,10 +78,8 @@ def write_status(path: Path, stats: list[SourceStats], started: float) -> None:
         "updated_at": time.time(),
         "sources": [s.snapshot(started) for s in stats],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(doc, indent=1))
 
 
 def read_status(path: Path) -> dict | None:

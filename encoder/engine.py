@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import random
 import re
 import time
@@ -33,6 +32,7 @@ from encoder.mae import MAE
 from encoder.optim import lr_at, set_lr
 from encoder.preprocess import normalize
 from encoder.train_config import TrainConfig
+from store.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +81,9 @@ def checkpoints(folder: Path) -> list[Path]:
 
 def save_checkpoint(state: dict[str, Any], folder: Path, step: int, keep: int) -> Path:
     """Write atomically (tmp + fsync + rename + fsync dir), then delete all but the newest `keep`."""
-    folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"ckpt-{step:08d}.pt"
-    tmp = folder / f".{final.name}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
+    with atomic_write(final) as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
     for old in checkpoints(folder)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return final

@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import tarfile
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -31,6 +30,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from encoder.data import BAD_IMAGE, FrameRecord, collate, frame_digest, make_sample
 from encoder.train_config import DataConfig
+from store.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +52,12 @@ def export_shards(records: Sequence[FrameRecord], out: str | Path, per_shard: in
     for k, start in enumerate(range(0, len(present), per_shard)):
         chunk = present[start : start + per_shard]
         name = f"shard-{k:06d}.tar"
-        tmp = out / f".{name}.tmp"
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        with atomic_write(out / name) as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for i, rec in enumerate(chunk):
                 key = f"{start + i:09d}"
                 ext = rec.path.suffix.lstrip(".").lower() or "jpg"
                 _add(tar, f"{key}.{ext}", rec.path.read_bytes())
                 _add(tar, f"{key}.json", json.dumps({"id": rec.id, "key": key}).encode())
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out / name)
         shards.append({"name": name, "start": start, "count": len(chunk)})
     index = {
         "format": "webdataset",

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from store.fsutil import fsync_dir
+
 WEIGHTS = "weights.safetensors"
 _ID_RE = re.compile(r"[a-z][a-z0-9_]*-[0-9a-f]+")
 CARD = "card.json"
@@ -65,14 +67,6 @@ def _digest(weights: Path, config: dict[str, Any], parents: dict[str, Any]) -> s
     return h.hexdigest()[:16]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Registry:
     """Artifacts under one root folder (normally `Workspace.artifacts`)."""
 
@@ -112,7 +106,7 @@ class Registry:
                     raise
                 shutil.rmtree(tmp)
                 return self.card(art_id)
-            _fsync_dir(self.root / kind)
+            fsync_dir(self.root / kind)
             card.path = final
             return card
         except BaseException:

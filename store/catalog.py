@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
+
+from store.fsutil import atomic_write, stray_temps
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (
@@ -84,14 +85,6 @@ def local_time(t: datetime, tz: str) -> tuple[str, float]:
     """(local date 'YYYY-MM-DD', hour of day in [0, 24)) of the instant `t` in the IANA zone `tz`."""
     lt = t.astimezone(ZoneInfo(tz))
     return lt.strftime("%Y-%m-%d"), lt.hour + lt.minute / 60 + (lt.second + lt.microsecond / 1e6) / 3600
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Catalog:
@@ -160,19 +153,10 @@ class Catalog:
                 f"INSERT INTO frames ({COLUMNS}, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'writing')",
                 (*_values(row),),
             )
-        final = self.root / rel
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
         try:
-            with open(tmp, "wb") as f:
+            with atomic_write(self.root / rel) as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
         except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             self._exec("DELETE FROM frames WHERE id = ?", (frame_id,))
             raise
         self._exec("UPDATE frames SET state = 'ok' WHERE id = ?", (frame_id,))
@@ -203,7 +187,7 @@ class Catalog:
         done = {"completed": 0, "rolled_back": 0, "deleted": 0}
         for frame_id, rel, state in self._exec("SELECT id, path, state FROM frames WHERE state != 'ok'"):
             final = self.root / rel
-            for tmp in final.parent.glob(f"{final.name}.*.tmp"):
+            for tmp in stray_temps(final):
                 tmp.unlink(missing_ok=True)
             if state == "writing" and final.is_file() and _sha256_file(final) == frame_id:
                 self._exec("UPDATE frames SET state = 'ok' WHERE id = ?", (frame_id,))

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from store.fsutil import atomic_write
+
 DTYPE = np.float16
 
 
@@ -134,9 +136,8 @@ class EmbeddingStore:
                 raise ValueError(f"table {table} holds rows of shape {known['row_shape']}, not {list(row_shape)}")
             shard_rows = known["shard_rows"]
         else:
-            tmp = meta.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"row_shape": list(row_shape), "dtype": "float16", "shard_rows": shard_rows}))
-            os.replace(tmp, meta)
+            with atomic_write(meta, "w") as f:
+                f.write(json.dumps({"row_shape": list(row_shape), "dtype": "float16", "shard_rows": shard_rows}))
         return TableWriter(folder, writer, row_shape, shard_rows)
 
     def index(self, table: str = "pooled") -> dict[str, tuple[str, int]]:

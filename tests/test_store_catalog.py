@@ -66,7 +66,8 @@ def test_recover_after_crash(workspace):
         lost, _ = cat.add_frame(jpeg(10), "cam", T0 + timedelta(hours=1), 48, 32)
         done, _ = cat.add_frame(jpeg(11), "cam", T0 + timedelta(hours=2), 48, 32)
         cat._exec("UPDATE frames SET state = 'writing' WHERE id IN (?, ?)", (lost.id, done.id))
-        (workspace.root / lost.path).rename(workspace.root / (lost.path + ".123.tmp"))
+        lost_file = workspace.root / lost.path
+        lost_file.rename(lost_file.with_name(f".{lost_file.name}.123.tmp"))  # as store.fsutil.atomic_write names it
         cat._exec("UPDATE frames SET state = 'deleting' WHERE id = ?", (good[0].id,))
         assert cat.count() == 2  # pending rows are invisible
     with Catalog(workspace.root) as cat:  # a writer opening the catalog recovers
