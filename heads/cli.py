@@ -1,0 +1,220 @@
+"""`fth heads`: fit task heads on stored embeddings, list them, export frames to label, predict on images.
+
+fth heads fit --task T --labels PATH|catalog [--format F] [--classes classes.json] [--encoder ID] [--config C]
+              [--set k=v] [--workspace W] [--name NAME] [--out DIR] [--features auto|pooled|grid] [--layers -1]
+fth heads list [--workspace W]
+fth heads export --count N --method kcenter|random --out tasks.json [--encoder ID] [--source S]
+fth heads predict --head ID IMAGE... [--encoder ID] [--json]
+
+`fit` prints a metrics-vs-baseline table and ends with `head: <id>` on its own line. Wrong input (labels naming
+unknown frames, masks of the wrong size, unknown classes, a head on another encoder) is one line on stderr with the
+counts, and exit code 2. No torch import until a handler runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from fth.cli import add_config_args
+
+WS_HELP = "workspace folder (default: $FTH_WORKSPACE or ./workspace)"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("heads", help="fit, list, export and run tiny task heads on embeddings")
+    hs = p.add_subparsers(dest="heads_cmd", metavar="ACTION", required=True)
+
+    fit = hs.add_parser("fit", help="fit a head on labelled frames' embeddings and register it")
+    fit.add_argument("--task", required=True, choices=["people_count", "time_of_day", "depth", "segmentation"])
+    fit.add_argument("--labels", required=True, help="labels file or folder, or `catalog` (time_of_day only)")
+    fit.add_argument("--format", default="auto", choices=["auto", "csv", "coco", "labelstudio", "masks", "depth"])
+    fit.add_argument("--classes", help="class list JSON for masks (default: classes.json beside them or one up)")
+    fit.add_argument("--encoder", default="", help="encoder id (default: the newest registered)")
+    add_config_args(fit)
+    fit.add_argument("--workspace", default=None, help=WS_HELP)
+    fit.add_argument("--name", help="head name the server answers under (default: the task)")
+    fit.add_argument("--out", help="plots and metrics.json folder (default: <workspace>/heads/<head id>)")
+    fit.add_argument("--features", default="auto", choices=["auto", "pooled", "grid"],
+                     help="pooled vectors or token grids (auto: pooled for time_of_day, grids otherwise)")  # fmt: skip
+    fit.add_argument("--layers", default="-1", help="encoder blocks whose grids are read, comma-separated (-1 last)")
+    fit.add_argument("--column", help="CSV value column (default: value, or the task's column)")
+    fit.add_argument("--time-unit", default="hours", choices=["hours", "minutes", "seconds"])
+    fit.add_argument("--depth-scale", type=float, help="16-bit depth PNG units per metre (default 1000; sim: 100)")
+    fit.add_argument("--max-label-side", type=int, default=320, help="dense labels downsampled to this (nearest)")
+    fit.add_argument("--source", help="only frames of this catalog source")
+    fit.set_defaults(func=cmd_fit)
+
+    ls = hs.add_parser("list", help="registered heads: id, task, encoder, metric vs baseline")
+    ls.add_argument("--workspace", default=None, help=WS_HELP)
+    ls.set_defaults(func=cmd_list)
+
+    ex = hs.add_parser("export", help="choose frames to label and write them as Label Studio tasks")
+    ex.add_argument("--count", type=int, required=True)
+    ex.add_argument("--method", default="kcenter", choices=["kcenter", "random"])
+    ex.add_argument("--out", required=True, help="tasks JSON to write")
+    ex.add_argument("--encoder", default="", help="encoder whose pooled embeddings k-center uses (default newest)")
+    ex.add_argument("--source", help="only frames of this catalog source")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--workspace", default=None, help=WS_HELP)
+    ex.set_defaults(func=cmd_export)
+
+    pr = hs.add_parser("predict", help="run a registered head on image files")
+    pr.add_argument("--head", required=True, help="head id (or unique prefix, or artifact folder)")
+    pr.add_argument("images", nargs="+", metavar="IMAGE")
+    pr.add_argument("--encoder", default="", help="encoder to run (default: the head's own; another is refused)")
+    pr.add_argument("--json", action="store_true", help="print full predictions (dense maps included) as JSON lines")
+    pr.add_argument("--workspace", default=None, help=WS_HELP)
+    pr.set_defaults(func=cmd_predict)
+
+
+def _guard(fn):
+    """Wrong input -> one line `fth heads <cmd>: error: ...` on stderr and exit code 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        from heads.features import FeatureError
+        from heads.labels import LabelError
+        from store.artifacts import ArtifactError
+
+        try:
+            return fn(args)
+        except (LabelError, FeatureError, ArtifactError, ValueError) as e:
+            msg = " ".join(str(e).split())
+            print(f"fth heads {args.heads_cmd}: error: {msg}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
+    rows = [tuple(_fmt(v) for v in r) for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+@_guard
+def cmd_fit(args: argparse.Namespace) -> int:
+    from heads.pipeline import FitRequest, run_fit
+
+    try:
+        layers = tuple(int(v) for v in args.layers.split(","))
+    except ValueError:
+        raise ValueError(f"--layers {args.layers!r}: expected comma-separated block indices, e.g. -3,-1") from None
+    req = FitRequest(
+        task=args.task, labels=args.labels, format=args.format, classes=args.classes, encoder=args.encoder,
+        config=args.config, overrides=args.overrides, workspace=args.workspace, name=args.name, out=args.out,
+        features=args.features, layers=layers, column=args.column, time_unit=args.time_unit,
+        depth_scale=args.depth_scale, max_label_side=args.max_label_side, source=args.source,
+    )  # fmt: skip
+    rep = run_fit(req, report=lambda line: print(line, flush=True))
+    rows = []
+    for key, value in rep.metrics.items():
+        base = rep.baseline.get(key)
+        if isinstance(value, int | float) and key not in ("n", "pixels"):
+            ratio = value / base if isinstance(base, int | float) and base else float("nan")
+            rows.append((key + (" *" if key == rep.primary else ""), value, base, ratio))
+    s = rep.summary
+    print(f"{rep.task} head ({s['head']}, {s['params']} params) on {rep.recipe} of encoder {rep.encoder_id}")
+    print(f"frames: {rep.n_train} train, {rep.n_val} validation (latest by capture time); best step {s['best_step']}, "
+          f"{s['fit_seconds']:.1f}s")  # fmt: skip
+    print(_table(("metric", "head", "baseline", "head/baseline"), rows))
+    print(f"plots and metrics.json: {rep.out}")
+    print(f"head: {rep.head_id}")
+    return 0
+
+
+@_guard
+def cmd_list(args: argparse.Namespace) -> int:
+    from store.artifacts import Registry
+    from store.paths import Workspace
+
+    rows = []
+    for card in Registry(Workspace.at(args.workspace).artifacts).list("head"):
+        m, task = card.metrics, card.config.get("task", {}).get("name", card.config.get("type", "?"))
+        primary = next((k for k in ("mae", "mae_minutes", "absrel", "miou") if k in m.get("val", {})), None)
+        metric = f"{primary} {_fmt(m['val'][primary])} vs {_fmt(m['baseline'][primary])}" if primary else "-"
+        rows.append((card.id, card.name or "", task, card.parents.get("encoder", "?"), metric,
+                     m.get("features", "-"), card.created))  # fmt: skip
+    if not rows:
+        print("no heads registered")
+        return 0
+    print(_table(("id", "name", "task", "encoder", "metric vs baseline", "features", "created"), rows))
+    return 0
+
+
+@_guard
+def cmd_export(args: argparse.Namespace) -> int:
+    from heads.pipeline import CatalogIndex, ensure_embedded, newest_encoder
+    from heads.select import export_batch
+    from store.artifacts import Registry
+    from store.embeddings import EmbeddingStore
+    from store.paths import Workspace
+
+    ws = Workspace.at(args.workspace)
+    cat = CatalogIndex(ws.root, ws.catalog, args.source)
+    ids, paths = [r.id for r in cat.rows], [r.path for r in cat.rows]
+    if not ids:
+        raise ValueError(f"no frames in the catalog{' for source ' + args.source if args.source else ''}")
+    embeddings, encoder_id = None, None
+    if args.method == "kcenter":
+        registry = Registry(ws.artifacts)
+        encoder_id = registry.card(args.encoder).id if args.encoder else newest_encoder(registry)
+        ensure_embedded(ws, encoder_id, cat, ids, "pooled", (-1,), report=lambda line: print(line, flush=True))
+        embeddings = EmbeddingStore(ws.embeddings, encoder_id).get(ids, "pooled")
+    chosen = export_batch(args.out, ids, paths, args.count, args.method, embeddings, seed=args.seed)
+    how = f"k-center over {encoder_id} pooled embeddings" if encoder_id else "at random"
+    print(f"wrote {len(chosen)} of {len(ids)} frames ({how}) as Label Studio tasks to {args.out}")
+    return 0
+
+
+@_guard
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from encoder.checkpoint import load_encoder
+    from encoder.embed import features
+    from encoder.preprocess import to_array
+    from heads.artifact import load_head, predict
+    from heads.join import tables_for
+    from store.artifacts import Registry
+    from store.paths import Workspace
+
+    registry = Registry(Workspace.at(args.workspace).artifacts)
+    card = registry.card(args.head)
+    encoder_id = registry.card(args.encoder).id if args.encoder else card.parents.get("encoder", "")
+    head = load_head(card.id, registry, encoder_id)  # refuses a head of another encoder
+    model, _ = load_encoder(encoder_id, registry)
+    recipe = head.recipe
+    layers = list(recipe.layers) if recipe.form == "grid" else []
+    for path in args.images:
+        with Image.open(path) as im:
+            size = (im.height, im.width)
+            arr = to_array(im, tuple(model.cfg.img_size))
+        feats = features(model, arr[None], layers, "cpu")
+        parts = [feats["pooled"]] if recipe.form == "pooled" else [feats[t] for t in tables_for("grid", recipe.layers)]
+        x = torch.from_numpy(np.concatenate(parts, axis=-1))
+        out = predict(head, x, size=size if head.task.dense else None)[0]
+        if args.json:
+            print(json.dumps({"image": path, "head": card.id, **out}))
+        elif "count" in out:
+            print(f"{path}  count {out['count']:.2f}")
+        elif "time" in out:
+            print(f"{path}  time {out['time']}")
+        elif "depth" in out:
+            d = np.asarray(out["depth"])
+            print(f"{path}  depth {d.shape[0]}x{d.shape[1]} m: min {d.min():.2f} median {np.median(d):.2f} "
+                  f"max {d.max():.2f}")  # fmt: skip
+        else:
+            seg = np.asarray(out["segmentation"])
+            frac = {c: round(float((seg == k).mean()), 3) for k, c in enumerate(out["classes"])}
+            print(f"{path}  segmentation {seg.shape[0]}x{seg.shape[1]}: {frac}")
+    return 0
