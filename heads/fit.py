@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from heads.features import FeatureRecipe, as_float_tensor
-from heads.models import HeadConfig, build_head, init_output_bias, num_params, resolve_kind
+from heads.models import HeadConfig, build_head, init_output_bias, num_params, output_bias, resolve_kind
 from heads.tasks import Task, TaskConfig, make_task
 
 log = logging.getLogger(__name__)
@@ -211,14 +211,24 @@ def _fit(task: Task, features: Any, labels: Any, times: Any, cfg: FitConfig, rec
     if len(train_idx) < cfg.min_train:
         raise ValueError(f"only {len(train_idx)} training frames after the time split (need {cfg.min_train})")
 
-    head_cfg = replace(cfg.head, in_dim=recipe.dim, out_dim=task.out_dim, grid=recipe.grid, dense=task.dense)
+    prior = task.dense and cfg.head.prior and resolve_kind(cfg.head) == "dense"
+    head_cfg = replace(cfg.head, in_dim=recipe.dim, out_dim=task.out_dim, grid=recipe.grid, dense=task.dense,
+                       prior=prior, prior_size=tuple(y.shape[-2:]) if prior else (0, 0))  # fmt: skip
     head = build_head(head_cfg)
     x_tr, x_va = x[torch.from_numpy(train_idx)], x[torch.from_numpy(val_idx)]
     y_tr, y_va = y[torch.from_numpy(train_idx)], y[torch.from_numpy(val_idx)]
-    stride = cfg.dense_train_stride if task.dense else 1
+    # a prior head outputs at full label size: its loss reads every pixel (a strided target would blur the prior)
+    stride = cfg.dense_train_stride if task.dense and not prior else 1
     y_tr_fit, y_va_fit = _strided(y_tr, stride), _strided(y_va, stride)
     head.norm.fit(x_tr)
-    init_output_bias(head, task.output_bias(y_tr))
+    if prior:
+        with torch.no_grad():
+            head.prior.copy_(task.prior(y_tr))
+            last = output_bias(head)
+            last.zero_()
+            [m for m in head.modules() if isinstance(m, nn.Conv2d)][-1].weight.zero_()  # start at the prior
+    else:
+        init_output_bias(head, task.output_bias(y_tr))
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # cosine decay to 5% of lr over max_steps: most of the gain comes early, the tail settles it
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -230,6 +240,10 @@ def _fit(task: Task, features: Any, labels: Any, times: Any, cfg: FitConfig, rec
     n_tr, bs = x_tr.shape[0], min(cfg.batch_size, x_tr.shape[0])
     perm, pos = torch.randperm(n_tr, generator=gen), 0
     best, best_state, best_step, bad, history = None, None, 0, 0, []
+    if prior:  # step 0 (the scene prior alone) is a candidate: a head never ends worse than where it started
+        best = _evaluate(task, head, x_va, y_va_fit, eval_batch)[task.primary]
+        best_state = copy.deepcopy(head.state_dict())
+        history.append({"step": 0, "loss": float("nan"), task.primary: best})
     for step in range(1, cfg.max_steps + 1):
         head.train()
         if bs == n_tr:

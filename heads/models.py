@@ -42,6 +42,11 @@ class HeadConfig:
         pos_embed: learned (gh, gw) position table in the attention pool.
         channels: decoder channels C.  upsample: number of 2x upsampling stages in the decoder.
         dropout: dropout before the output layer.
+        prior: dense heads add a per-pixel scene prior (the training labels' per-pixel log-depth mean or log class
+            frequency, a fixed camera's layout) at `prior_size` to the upsampled decoder output, which then only has
+            to learn what differs from the static scene (people, lighting). Without it a decoder at grid resolution
+            cannot draw the layout's sharp edges that the per-pixel baseline gets for free.
+        prior_size: (H, W) of the prior (the label size), filled in at fit time.
     """
 
     kind: HeadKind = "auto"
@@ -57,6 +62,8 @@ class HeadConfig:
     channels: int = 64
     upsample: int = 1
     dropout: float = 0.0
+    prior: bool = False
+    prior_size: tuple[int, int] = (0, 0)
 
 
 class Standardize(nn.Module):
@@ -183,13 +190,18 @@ class DenseDecoder(nn.Module):
         self.stem = _conv_block(c, c)
         self.ups = nn.ModuleList(_conv_block(c, c) for _ in range(cfg.upsample))
         self.out = nn.Sequential(nn.Dropout2d(cfg.dropout), nn.Conv2d(c, cfg.out_dim, 1))
+        ph, pw = cfg.prior_size if cfg.prior else (0, 0)
+        self.register_buffer("prior", torch.zeros(1, cfg.out_dim, ph, pw) if ph * pw else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(rearrange(self.norm(x), "b gh gw d -> b d gh gw"))  # (B, C, gh, gw)
         x = self.stem(x)
         for block in self.ups:
             x = block(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
-        return self.out(x)
+        x = self.out(x)  # (B, out, h, w)
+        if self.prior is None:
+            return x
+        return F.interpolate(x, size=self.prior.shape[-2:], mode="bilinear", align_corners=False) + self.prior
 
 
 HEADS: dict[str, type[nn.Module]] = {

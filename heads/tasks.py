@@ -130,6 +130,10 @@ class Task:
         """The naive predictor's output for one frame, (1, ...) in head-output space, broadcast over a batch."""
         raise NotImplementedError
 
+    def prior(self, train_target: torch.Tensor) -> torch.Tensor:
+        """Dense tasks: the per-pixel scene prior (1, out, H, W) in head-output space (see HeadConfig.prior)."""
+        return self.baseline(train_target)
+
     def output_bias(self, train_target: torch.Tensor) -> torch.Tensor | None:
         """Initial bias of the head's output layer (out_dim,): the naive prediction, so fitting starts there."""
         return None
@@ -339,6 +343,17 @@ class Segmentation(Task):
             counts.scatter_add_(0, t, torch.ones_like(t, dtype=torch.float32))
         majority = counts[:k].argmax(0)  # (H*W,)
         return F.one_hot(majority, k).T.reshape(1, k, h, w).float()
+
+    def prior(self, train_target):
+        """Log per-pixel class frequency (add-one smoothed): (1, K, H, W)."""
+        k, (h, w) = self.out_dim, train_target.shape[-2:]
+        counts = torch.ones(k + 1, h * w)
+        for i in range(0, train_target.shape[0], 256):
+            t = train_target[i : i + 256].long().reshape(-1, h * w)  # (b, H*W)
+            t = torch.where(t == self.cfg.ignore_index, torch.full_like(t, k), t)
+            counts.scatter_add_(0, t, torch.ones_like(t, dtype=torch.float32))
+        freq = counts[:k] / counts[:k].sum(0, keepdim=True)
+        return freq.log().reshape(1, k, h, w)
 
     def output_bias(self, train_target):
         t = train_target.long().flatten()
