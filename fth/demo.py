@@ -1,63 +1,348 @@
-"""`fth demo`: the fastest end-to-end run of what exists, on built-in data (no network, no GPU).
+"""`fth demo`: the whole journey, end to end, on the built-in simulated camera (no network, no GPU).
 
-For now: a few optimisation steps of the tiny MAE on random frames, the encoder registered in a workspace, reloaded
-from its card alone, and an embedding computed by both copies.
+Each step is one `fth` command run as a child process (fth.demo_procs), echoed as `$ fth ...` with its output in
+`<workspace>/logs/`, so any step can be repeated by hand on a real stream:
+
+    fth sim serve      the sim as a live HLS stream on 127.0.0.1 (background)
+    fth collect        the collector daemon on that stream (background, stopped with SIGTERM)
+    fth collect status / fth frames count
+    fth train          the tiny MAE on the collected frames; registers the encoder
+    fth embed          pooled vectors and token grids into the embedding store
+    fth sim labels     the sim's ground truth for every collected frame, keyed by frame id
+    fth heads fit      people count, time of day, depth, segmentation
+    fth serve          gunicorn on a free loopback port (background), queried with server.client.Client
+
+then the summary table and `<workspace>/report.md` (fth.report). Everything started is stopped in `finally`,
+on Ctrl-C and on SIGTERM too. The workspace is the demo's own: a folder marked `.fth-demo` is wiped and reused.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
+import signal
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("fth.demo")
+MARKER = ".fth-demo"
+SIM_DAYS = 1.25  # simulated days during collection (see configs/demo_sim.yaml)
+SOURCE = "sim"
+# The tiny models' ops are too small to split across threads: on a shared 2-core machine one intra-op thread trained
+# 100 MAE steps in ~14 s where two took 25-227 s (OpenMP threads spinning against other load).
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="run the end-to-end demo on built-in data")
-    demo.add_argument("--workspace", default="workspace/demo", help="where the demo writes (default: workspace/demo)")
-    demo.add_argument("--steps", type=int, default=20, help="MAE optimisation steps (default: 20)")
+    demo = sub.add_parser("demo", help="run the end-to-end demo on the simulated camera (no network, no GPU)")
+    demo.add_argument("--workspace", default="workspace/demo", help="the demo's own folder, wiped at start")
+    demo.add_argument("--collect-seconds", type=float, default=None, help="collection time (default 120, quick 40)")
+    demo.add_argument("--train-steps", type=int, default=None, help="MAE steps (default: configs/demo_mae.yaml)")
+    demo.add_argument("--quick", action="store_true", help="CI size: ~40 s of collection, 60 training steps")
+    demo.add_argument("--requests", type=int, default=40, help="timed client round trips (default: 40)")
     demo.set_defaults(func=run)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM to the demo: unwind like Ctrl-C so every child is stopped."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Interrupted()
+
+
+def prepare_workspace(root: Path) -> Path:
+    """An empty demo workspace at `root`; a previous demo's (marked) folder is wiped, anything else is refused."""
+    if root.exists() and any(root.iterdir()):
+        if not (root / MARKER).exists():
+            raise SystemExit(f"fth demo: {root} is not empty and not a demo workspace; pick another --workspace")
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("made by fth demo; wiped by the next one\n")
+    return root
+
+
+class Demo:
+    """The demo run: its workspace, the steps it ran, the children it must stop."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.ws = Path(args.workspace)
+        self.logs = self.ws / "logs"
+        self.steps: list[dict[str, Any]] = []
+        self.running: list[Any] = []  # background Steps, stopped in reverse order
+        self.results: dict[str, Any] = {}
+
+    # -- running steps --------------------------------------------------------------------------------------------
+
+    def _step(self, name: str, args: list[Any], env: dict[str, str] | None = None):
+        from fth.demo_procs import Step
+
+        step = Step(name, args, self.logs / f"{len(self.steps) + 1:02d}-{name}.log", env)
+        print(f"\n$ {step.shown}", flush=True)
+        self.steps.append({"name": name, "command": step.shown, "log": str(step.log_path), "seconds": 0.0})
+        return step
+
+    def run(self, name: str, args: list[Any], show: tuple[str, ...] = (), ok=(0,), echo=False, env=None):
+        """Run one step to completion; print its output (`echo`) or the lines starting with `show`."""
+        step = self._step(name, args, env)
+        t0 = time.monotonic()
+        step.start()
+        self.running.append(step)
+        try:
+            rc = step.wait()
+        finally:
+            step.stop()
+            self.running.remove(step)
+            self.steps[-1]["seconds"] = time.monotonic() - t0
+        lines = step.output().splitlines()[1:]
+        shown = lines if echo else [ln for ln in lines if ln.startswith(show)] if show else []
+        for line in shown:
+            print(f"  {line}")
+        print(f"  ({self.steps[-1]['seconds']:.1f} s, log {step.log_path})", flush=True)
+        if rc not in ok:
+            tail = "\n".join(f"  | {ln}" for ln in lines[-25:])
+            raise RuntimeError(f"step {name} failed with exit code {rc}:\n{tail}")
+        return step
+
+    def background(self, name: str, args: list[Any]):
+        step = self._step(name, args)
+        self.steps[-1]["started"] = time.monotonic()
+        step.start()
+        self.running.append(step)
+        print(f"  (running in the background, pid {step.proc.pid}, log {step.log_path})", flush=True)
+        return step
+
+    def finish(self, step, what: str) -> int | None:
+        """Stop a background step with SIGTERM (SIGKILL after a grace period) and record its time."""
+        rc = step.stop()
+        if step in self.running:
+            self.running.remove(step)
+        for s in self.steps:
+            if s["log"] == str(step.log_path):
+                s["seconds"] = time.monotonic() - s.pop("started", time.monotonic())
+        print(f"  {what}: SIGTERM -> exit code {rc}", flush=True)
+        return rc
+
+    def stop_all(self) -> None:
+        for step in reversed(self.running):
+            step.stop()
+        self.running.clear()
+
+    # -- the journey ----------------------------------------------------------------------------------------------
+
+    def collect(self) -> None:
+        import yaml
+
+        from fth.config import resolve_path
+        from fth.report import frames_collected
+        from server.testing import free_port
+
+        seconds = self.args.collect_seconds
+        sim_dir, port = self.ws / "sim" / SOURCE, free_port()
+        scale = round(SIM_DAYS * 86400 / seconds, 1)
+        sim = self.background(
+            "sim-serve",
+            ["sim", "serve", "--out", sim_dir, "--port", port, "--config", "demo_sim", "--set", f"time_scale={scale}"],
+        )
+        wait_for(lambda: ".ts" in read(sim_dir / "index.m3u8"), 30, "the sim's first HLS segment", sim)
+        url = f"http://127.0.0.1:{port}/index.m3u8"
+        cfg = yaml.safe_load(resolve_path("demo_collector").read_text())
+        cfg["sources"][0]["url"] = url
+        config = self.ws / "collector.yaml"
+        config.write_text(f"# configs/demo_collector.yaml with the sim's URL ({url})\n" + yaml.safe_dump(cfg))
+        collector = self.background("collect", ["collect", "--config", config, "--workspace", self.ws])
+        t0 = time.monotonic()
+        next_report = 10.0
+        while (elapsed := time.monotonic() - t0) < seconds:
+            if collector.proc.poll() is not None:
+                raise RuntimeError(f"fth collect exited early ({collector.proc.returncode}); see {collector.log_path}")
+            collector.remember_children()
+            if elapsed >= next_report:
+                print(f"  [{elapsed:4.0f} s] {frames_collected(self.ws / 'catalog.sqlite')} frames", flush=True)
+                next_report += 10.0
+            time.sleep(0.5)
+        self.run("collect-status", ["collect", "status", "--workspace", self.ws], echo=True, ok=(0,))
+        self.finish(collector, "collector stopped")
+        self.finish(sim, "sim stopped")
+        self.results["collect_seconds"] = seconds
+        self.results["frames"] = frames_collected(self.ws / "catalog.sqlite", SOURCE)
+        self.run("frames-count", ["frames", "--workspace", self.ws, "count"], echo=True)
+        if self.results["frames"] < 20:
+            raise RuntimeError(f"only {self.results['frames']} frames collected; see {collector.log_path}")
+
+    def train(self) -> None:
+        from fth.report import training_curve
+
+        steps = self.args.train_steps
+        extra = ["--set", f"max_steps={steps}", "--set", f"panel_every={max(1, steps // 2)}"] if steps else []
+        step = self.run(
+            "train",
+            ["train", "--config", "demo_mae", "--workspace", self.ws, *extra],
+            show=("steps ", "encoder ", "fth train"),
+            env=ONE_THREAD,
+        )
+        self.results["encoder"] = (step.last_line("encoder ") or "").split()[0]
+        run_dir = self.ws / "runs" / "demo"
+        self.results["run_dir"] = str(run_dir)
+        self.results["curve"] = training_curve(run_dir)
+
+    def embed_and_label(self) -> None:
+        self.run("embed", ["embed", "--workspace", self.ws, "--tokens", "--no-progress"], echo=True, env=ONE_THREAD)
+        self.run("labels", ["sim", "labels", "--source", SOURCE, "--out", self.ws / "labels", "--workspace", self.ws],
+                 echo=True)  # fmt: skip
+
+    def fit_heads(self) -> None:
+        from fth.report import read_head
+
+        lab = self.ws / "labels"
+        fits = {
+            "people_count": ["--labels", lab / "people.csv", "--config", "demo_heads"],
+            # the sim's clock: the catalog's local time of day is the wall clock, which moves 2 minutes in the demo
+            "time_of_day": ["--labels", lab / "time_of_day.csv", "--config", "demo_heads"],
+            "depth": ["--labels", lab / "depth", "--depth-scale", 100, "--config", "demo_heads_dense"],  # sim: cm
+            "segmentation": ["--labels", lab / "segmentation", "--classes", lab / "classes.json",
+                             "--config", "demo_heads_dense"],
+        }  # fmt: skip
+        heads = []
+        for task, extra in fits.items():
+            step = self.run(
+                f"heads-{task}",
+                ["heads", "fit", "--workspace", self.ws, "--task", task, *extra],
+                echo=True,
+                env=ONE_THREAD,
+            )
+            head_id = step.last_line("head:")
+            if not head_id:
+                raise RuntimeError(f"fth heads fit --task {task} printed no `head: <id>` line; see {step.log_path}")
+            heads.append(read_head(self.ws / "heads" / head_id))
+        self.results["heads"] = heads
+
+    def serve_and_query(self) -> None:
+        from server.testing import free_port
+
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        server = self.background("serve", ["serve", "--workspace", self.ws, "--bind", f"127.0.0.1:{port}"])
+        wait_for(lambda: ready(url), 120, "the server's /readyz", server)
+        print(f"\n$ python -c 'from server.client import Client; Client(\"{url}\").predict([...])'", flush=True)
+        t0 = time.monotonic()
+        self.results["served"], self.results["latency_ms"] = query(url, self.ws, self.args.requests)
+        self.steps.append({"name": "client", "command": f"Client({url!r}).embed/.predict", "seconds": 0.0,
+                           "log": str(self.logs / "client.log")})  # fmt: skip
+        (self.logs / "client.log").write_text(self.results["served"])
+        self.steps[-1]["seconds"] = time.monotonic() - t0
+        for line in self.results["served"].splitlines():
+            print(f"  {line}")
+        self.finish(server, "server stopped")
+
+
+def read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def wait_for(check, timeout: float, what: str, step) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if step.proc.poll() is not None:
+            raise RuntimeError(f"{step.shown} exited ({step.proc.returncode}) before {what}:\n{step.output()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {what} after {timeout:.0f} s; see {step.log_path}")
+        step.remember_children()
+        time.sleep(0.2)
+
+
+def ready(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(f"{url}/readyz", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def query(url: str, ws: Path, n: int) -> tuple[str, list[float]]:
+    """Embed and predict a few collected frames through the Python client; time `n` one-image predict calls."""
+    import csv
+
+    from server.client import Client
+
+    with open(ws / "labels" / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    picks = rows[-3:]  # the latest frames: in every head's validation split
+    client = Client(url)
+    try:
+        emb = client.embed([ws / r["path"] for r in picks])
+        models = client.models()
+        out = client.predict([ws / r["path"] for r in picks])
+        lat = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            client.predict([ws / rows[-1 - i % len(rows)]["path"]])
+            lat.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        client.close()
+    lines = [f"encoder {client.encoder_id}; embeddings {emb.shape}; heads served: {len(out)}"]
+    served = [m.get("name", m.get("id")) for m in models.get("heads", [])] if isinstance(models, dict) else []
+    if served:
+        lines.append(f"heads: {', '.join(map(str, served))}")
+    for k, r in enumerate(picks):
+        got = {name: _short(v[k]) for name, v in out.items()}
+        lines.append(f"frame {r['frame_id'][:12]}  true people={r['people']} tod={float(r['time_of_day']):.2f}h  "
+                     f"predicted {got}")  # fmt: skip
+    return "\n".join(lines) + "\n", lat
+
+
+def _short(value: Any) -> Any:
+    """A prediction for one line: numbers rounded, dense maps shown by their shape."""
+    if isinstance(value, float):
+        return round(value, 2)
+    if isinstance(value, dict):
+        return {k: _short(v) for k, v in value.items() if not isinstance(v, list)} or "map"
+    if isinstance(value, list):
+        return f"map[{len(value)}x{len(value[0]) if value and isinstance(value[0], list) else ''}]"
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from fth.report import format_table, summary_rows, write_report
 
-    from encoder.checkpoint import load_encoder, save_encoder
-    from encoder.config import MAEConfig
-    from encoder.mae import MAE
-    from fth.config import build
-    from store.artifacts import Registry
-    from store.paths import Workspace
-
-    torch.manual_seed(0)
-    ws = Workspace.at(Path(args.workspace))
-    cfg = build(MAEConfig, "tiny")
-    mae = MAE(cfg)
-    h, w = cfg.encoder.img_size
-    frames = torch.rand(8, 3, h, w)  # stand-in frames until the collector exists
-    opt = torch.optim.AdamW(mae.parameters(), lr=1e-3, betas=(0.9, 0.95))
-    start = time.perf_counter()
-    losses = []
-    for _ in range(args.steps):
-        loss = mae(frames).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    log.info(
-        "tiny MAE: %d steps in %.2fs, loss %.4f -> %.4f",
-        args.steps,
-        time.perf_counter() - start,
-        *losses[:: len(losses) - 1],
-    )
-    card = save_encoder(mae.encoder, Registry(ws.artifacts), parents={"data": "random-frames"}, name="demo")
-    encoder, _ = load_encoder(card.id, Registry(ws.artifacts))
-    mae.encoder.eval()
-    with torch.no_grad():
-        same = torch.allclose(mae.encoder.embed(frames), encoder.embed(frames))
-    print(f"MAE loss   {losses[0]:.4f} -> {losses[-1]:.4f} over {args.steps} steps")
-    print(f"encoder    {card.id} at {card.path}")
-    print(f"embedding  {tuple(encoder.embed(frames[:2]).shape)}; reloaded copy matches: {same}")
-    return 0 if same else 1
+    args.collect_seconds = args.collect_seconds or (40.0 if args.quick else 120.0)
+    if args.quick and args.train_steps is None:
+        args.train_steps = 100
+    t0 = time.monotonic()
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    demo = Demo(args)
+    try:
+        prepare_workspace(demo.ws)
+        print(f"fth demo: workspace {demo.ws}, collecting for {args.collect_seconds:.0f} s", flush=True)
+        demo.collect()
+        demo.train()
+        demo.embed_and_label()
+        demo.fit_heads()
+        demo.serve_and_query()
+    except KeyboardInterrupt:
+        print("\nfth demo: interrupted; stopping everything it started", file=sys.stderr, flush=True)
+        return 130
+    except RuntimeError as e:
+        print(f"\nfth demo: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        try:
+            demo.stop_all()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, old_term)
+    demo.results["wall_s"] = time.monotonic() - t0
+    demo.results["steps"] = demo.steps
+    report = write_report(demo.ws, demo.results)
+    print("\nSummary\n" + format_table(summary_rows(demo.results)))
+    print(f"\nreport: {report}  (logs in {demo.logs})")
+    return 0

@@ -1,0 +1,152 @@
+"""Child processes of `fth demo`: each `fth` step in its own process group, logged to a file, always stopped.
+
+A step runs in a new session (`start_new_session`), so a Ctrl-C at the terminal reaches only the demo, which then
+stops the step itself: SIGTERM to the step's process group (the clean exit every `fth` daemon implements), SIGKILL
+after a grace period, then the same for any descendant that lives in a session of its own (ffmpeg started with
+`start_new_session` by the collector or the sim publisher) and outlived its parent. Descendants are read from
+/proc (Linux); elsewhere only the process group is signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+GRACE_S = 20.0
+
+
+def fth_argv() -> list[str]:
+    """How to run `fth` with the interpreter running the demo: the venv's script beside it, else `python -m fth`."""
+    script = Path(sys.executable).parent / "fth"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "fth"]
+
+
+def _ppids() -> dict[int, int]:
+    """pid -> parent pid of every process (empty where /proc is missing)."""
+    out: dict[int, int] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = Path(entry.path, "stat").read_text()
+                out[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])  # after "(comm) state"
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """All living descendants of `pid` (children first)."""
+    children: dict[int, list[int]] = {}
+    for child, parent in _ppids().items():
+        children.setdefault(parent, []).append(child)
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+        return state[state.rindex(")") + 2] != "Z"
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+class Step:
+    """One `fth` command as a child process.
+
+    Args:
+        name: short name (log file stem).  args: the arguments after `fth`.  log_path: where stdout+stderr go.
+        env: extra environment variables (shown before the command).
+    """
+
+    def __init__(self, name: str, args: list[str], log_path: Path, env: dict[str, str] | None = None):
+        self.name, self.args, self.log_path = name, [str(a) for a in args], Path(log_path)
+        self.extra_env = dict(env or {})
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
+        self.proc: subprocess.Popen | None = None
+        self._known: set[int] = set()
+
+    @property
+    def shown(self) -> str:
+        prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in self.extra_env.items())
+        return f"{prefix}fth {shlex.join(self.args)}"
+
+    def start(self) -> Step:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"$ {self.shown}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [*fth_argv(), *self.args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
+        return self
+
+    def remember_children(self) -> None:
+        """Note the current descendants so `stop` can find them even after their parent is gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self._known.update(descendants(self.proc.pid))
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for exit (polling, so Ctrl-C and SIGTERM reach the demo promptly); TimeoutError after `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{self.shown} still running after {timeout:.0f} s")
+            self.remember_children()
+            time.sleep(0.2)
+        return self.proc.returncode
+
+    def stop(self, grace: float = GRACE_S) -> int | None:
+        """SIGTERM the process group, SIGKILL it after `grace` s, then SIGKILL leftover descendants; reap."""
+        if self.proc is None:
+            return None
+        self.remember_children()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # anything left in the group (the leader is reaped)
+        deadline = time.monotonic() + 5.0
+        while any(alive(p) for p in self._known) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in self._known:
+            if alive(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def last_line(self, prefix: str) -> str | None:
+        """The last log line starting with `prefix`, without it."""
+        lines = [ln[len(prefix) :].strip() for ln in self.output().splitlines() if ln.startswith(prefix)]
+        return lines[-1] if lines else None
