@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--workspace", default="workspace/demo", help="the demo's own folder, wiped at start")
     demo.add_argument("--collect-seconds", type=float, default=None, help="collection time (default 120, quick 40)")
     demo.add_argument("--train-steps", type=int, default=None, help="MAE steps (default: configs/demo_mae.yaml)")
-    demo.add_argument("--quick", action="store_true", help="CI size: ~40 s of collection, 60 training steps")
+    demo.add_argument("--quick", action="store_true", help="CI size: 40 s of collection, 100 MAE and head steps")
     demo.add_argument("--requests", type=int, default=40, help="timed client round trips (default: 40)")
     demo.set_defaults(func=run)
 
@@ -207,11 +207,12 @@ class Demo:
             "segmentation": ["--labels", lab / "segmentation", "--classes", lab / "classes.json",
                              "--config", "demo_heads_dense"],
         }  # fmt: skip
+        quick = ["--set", "max_steps=100"] if self.args.quick else []
         heads = []
         for task, extra in fits.items():
             step = self.run(
                 f"heads-{task}",
-                ["heads", "fit", "--workspace", self.ws, "--task", task, *extra],
+                ["heads", "fit", "--workspace", self.ws, "--task", task, *extra, *quick],
                 echo=True,
                 env=ONE_THREAD,
             )
