@@ -9,8 +9,12 @@ Each case is timed with 1 and 2 torch threads, cases interleaved over `--repeats
 the spread ((max - min) / median), and the held-out metric next to the task's baseline (synthetic data: the metric
 says the fit worked, not how good real heads are).
 
-Not here yet: the comparison of heads on a trained encoder vs the same architecture at random init vs downsampled
-raw pixels on the simulated camera's frames (needs trained MAE weights and the sim's labelled frames end to end).
+`--quality`: does pretraining help? Sim frames (collector.sim, exact truth) in a catalog, labels by write_labels, and
+each task's held-out metric for heads fitted by `fth heads fit`'s pipeline on (a) the tiny MAE trained on those
+frames for `--mae-steps` (or `--encoder ID`), (b) the same architecture at random init, (c) downsampled raw pixels
+(8x12x3 grid as tokens; flattened as the pooled vector), next to the task's baseline.
+
+    .venv/bin/python bench/heads.py --quality --frames 300 --mae-steps 300
 
     .venv/bin/python bench/heads.py                 # all cases, 3 rounds
     .venv/bin/python bench/heads.py --repeats 1 --cases time_of_day,segmentation
@@ -74,13 +78,114 @@ def run_case(case: str, kind: str, threads: int, data) -> dict:
             "steps": res.history[-1]["step"], "params": res.params}  # fmt: skip
 
 
+def quality(args) -> int:
+    """The pretraining table: heads on trained / random-init encoder / raw pixels vs the baseline."""
+    import io
+    import tempfile
+    from datetime import UTC, datetime, timedelta
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from collector.config import SimConfig
+    from collector.sim import frame, write_labels
+    from encoder.checkpoint import save_encoder
+    from encoder.config import MAEConfig
+    from encoder.mae import MAE
+    from fth.config import build
+    from heads.fit import FitConfig
+    from heads.join import fit_from_labels
+    from heads.pipeline import CatalogIndex, FitRequest, load_labels, resize_nearest, run_fit
+    from heads.tasks import TaskConfig
+    from server.testing import tiny_encoder
+    from store.artifacts import Registry
+    from store.catalog import Catalog
+    from store.paths import Workspace
+
+    root = Path(tempfile.mkdtemp(prefix="bench-heads-"))
+    ws, cfg = Workspace.at(root), SimConfig(height=96, width=160)
+    base, step = datetime(2026, 3, 1, tzinfo=UTC), max(1, 6000 // args.frames)
+    with Catalog(ws.root) as cat:
+        for k in range(args.frames):
+            rgb, _ = frame(cfg, k * step)
+            buf = io.BytesIO()
+            Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
+            when = base + timedelta(seconds=cfg.start_hour * 3600 + k * step / cfg.fps * cfg.time_scale)
+            cat.add_frame(buf.getvalue(), "sim", when, cfg.width, cfg.height)
+        write_labels(cat, "sim", cfg, ws.root / "labels")
+    cat_index = CatalogIndex(ws.root, ws.catalog)
+    pixels = np.stack([cat_index.image(r.id, (64, 96)) for r in cat_index.rows]).astype(np.float32) / 255.0
+    _, random_card = tiny_encoder(ws, seed=0)
+    encoders = {"random init": random_card.id}
+    if args.encoder:
+        encoders = {"trained (given)": args.encoder, **encoders}
+    else:
+        torch.manual_seed(0)
+        mae = MAE(build(MAEConfig, "tiny"))
+        opt = torch.optim.AdamW(mae.parameters(), lr=1.5e-3, betas=(0.9, 0.95), weight_decay=0.05)
+        x_all = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # (B, 3, 64, 96)
+        mean, std = torch.tensor(mae.encoder.cfg.pixel_mean), torch.tensor(mae.encoder.cfg.pixel_std)
+        x_all = (x_all - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+        for _ in range(args.mae_steps):
+            idx = torch.randint(0, len(x_all), (32,))
+            loss = mae(x_all[idx]).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        print(f"tiny MAE: {args.mae_steps} steps, final loss {loss.item():.3f}", file=sys.stderr)
+        card = save_encoder(mae.encoder.eval(), Registry(ws.artifacts), name="bench-mae")
+        encoders = {f"trained ({args.mae_steps} MAE steps)": card.id, **encoders}
+    lab = ws.root / "labels"
+    tasks = {"people_count": str(lab / "people.csv"), "time_of_day": "catalog", "depth": str(lab / "depth"),
+             "segmentation": str(lab / "segmentation")}  # fmt: skip
+    over = ["threads=1"]
+    rows = []
+    for task, labels in tasks.items():
+        row = {"task": task}
+        for name, enc in encoders.items():
+            rep = run_fit(FitRequest(task, labels, encoder=enc, workspace=str(ws.root), overrides=over,
+                                     max_label_side=80, name=f"{task}-{enc}"), report=lambda _: None)  # fmt: skip
+            row["metric"], row[name], row["baseline"] = rep.primary, rep.metrics[rep.primary], rep.baseline[rep.primary]
+        req = FitRequest(task, labels, workspace=str(ws.root), max_label_side=80)
+        ls, _ = load_labels(req, cat_index)
+        ids = [r.id for r in cat_index.rows if r.id in set(ls.ids)]
+        if task in ("depth", "segmentation"):
+            hw = ls.values[0].shape
+            from heads.pipeline import label_size
+
+            hw = label_size(hw, 80)
+            ls.values = [resize_nearest(np.asarray(v), hw) for v in ls.values]
+        grid = torch.from_numpy(pixels).reshape(-1, 8, 8, 12, 8, 3).mean(dim=(2, 4))  # (B, 8, 12, 3)
+        pos = {r.id: i for i, r in enumerate(cat_index.rows)}
+        x = grid[[pos[i] for i in ids]]
+        x = x.reshape(len(ids), -1) if task == "time_of_day" else x
+        dense = task in ("depth", "segmentation")
+        fit_cfg = build(FitConfig, "heads_dense" if dense else "heads", over)
+        tcfg = TaskConfig(task, classes=tuple(ls.classes or ()))  # type: ignore[arg-type]
+        times = [cat_index.by_id[i].captured_at for i in ids]
+        res = fit_from_labels(tcfg, ls, ids, x, times, fit_cfg)
+        row["raw pixels 8x12x3"] = res.metrics[res.task.primary]
+        rows.append(row)
+        print(row, file=sys.stderr, flush=True)
+    print(table(rows, list(rows[0].keys())))
+    print(f"\nwrote {write_json('heads_quality', {'rows': rows, 'frames': args.frames, 'workspace': str(root)})}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cases", default="people_count,time_of_day,depth,segmentation")
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--quality", action="store_true", help="the pretraining table (trained / random / pixels)")
+    ap.add_argument("--frames", type=int, default=300)
+    ap.add_argument("--mae-steps", type=int, default=300)
+    ap.add_argument("--encoder", default="", help="--quality: a trained encoder id instead of training the tiny MAE")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.quality:
+        return quality(args)
     from heads import synthetic
 
     cases = args.cases.split(",")
