@@ -275,6 +275,10 @@ def _fit(task: Task, features: Any, labels: Any, times: Any, cfg: FitConfig, rec
     head.eval()
     metrics = _evaluate(task, head, x_va, y_va, eval_batch)
     baseline = _baseline_metrics(task, y_tr, y_va, eval_batch)
+    changed = task.changed(task.baseline(y_tr), y_va) if task.dense else None
+    if changed is not None:  # the same metrics on the pixels the baseline gets wrong (see heads.tasks)
+        metrics["changed"] = _evaluate(task, head, x_va, changed, eval_batch)
+        baseline["changed"] = _baseline_metrics(task, y_tr, changed, eval_batch)
     seconds = _time.perf_counter() - start
     log.info(
         "%s %s head: %s %.4g (baseline %.4g) on %d validation frames, best step %d, %.1fs",
