@@ -32,11 +32,11 @@ class AttentionConfig:
     pinv_iterations: int = 6
     value_residual: bool = True
     residual_kernel: int = 33
-    # bench/attention.py on this 2-core CPU, torch 2.15 (width 1024, 10x64 heads, 256 landmarks, batch 1, loaded
-    # machine): exact SDPA (a flash kernel here) beat Nystrom at every length up to 4096 (1.96x faster there), Nystrom
-    # won at 8100 (0.49x). Exact grows ~N^2, Nystrom-256 nearly flat, so break-even is ~4096*sqrt(2) ~ 5.8k; 6144
-    # (a multiple of the landmarks) sits between the measured points and keeps auto on the faster side at all six.
-    crossover: int = 6144
+    # bench/attention.py on an idle 2-core CPU, torch 2.15 (width 1024, 10x64 heads, 256 landmarks, batch 1):
+    # Nystrom/exact time = 1.40 at 2160 tokens, 1.15 at 2560, 0.98 at 3072, 1.03 at 3328, 0.97 at 3584, 0.86 at 4096,
+    # 0.50 at 8100. Break-even sits at 3072-3584 (Nystrom cost steps at multiples of 256), so switch at 3072.
+    # (Under heavy CPU contention exact held out longer, to ~5.8k: the crossover is a per-machine setting.)
+    crossover: int = 3072
 
 
 @dataclass
