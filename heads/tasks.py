@@ -348,25 +348,26 @@ class Segmentation(Task):
             "pixels": int(gt.sum()),
         }
 
-    def baseline(self, train_target):
+    def class_counts(self, train_target: torch.Tensor) -> torch.Tensor:
+        """Per-pixel label counts over the training maps: (K + 1, H*W), the last row counting ignored pixels."""
         k, (h, w) = self.out_dim, train_target.shape[-2:]
         counts = torch.zeros(k + 1, h * w)
         for i in range(0, train_target.shape[0], 256):
             t = train_target[i : i + 256].long().reshape(-1, h * w)  # (b, H*W)
             t = torch.where(t == self.cfg.ignore_index, torch.full_like(t, k), t)
             counts.scatter_add_(0, t, torch.ones_like(t, dtype=torch.float32))
-        majority = counts[:k].argmax(0)  # (H*W,)
+        return counts
+
+    def baseline(self, train_target):
+        k, (h, w) = self.out_dim, train_target.shape[-2:]
+        majority = self.class_counts(train_target)[:k].argmax(0)  # (H*W,)
         return F.one_hot(majority, k).T.reshape(1, k, h, w).float()
 
     def prior(self, train_target):
         """Log per-pixel class frequency (add-one smoothed): (1, K, H, W)."""
         k, (h, w) = self.out_dim, train_target.shape[-2:]
-        counts = torch.ones(k + 1, h * w)
-        for i in range(0, train_target.shape[0], 256):
-            t = train_target[i : i + 256].long().reshape(-1, h * w)  # (b, H*W)
-            t = torch.where(t == self.cfg.ignore_index, torch.full_like(t, k), t)
-            counts.scatter_add_(0, t, torch.ones_like(t, dtype=torch.float32))
-        freq = counts[:k] / counts[:k].sum(0, keepdim=True)
+        counts = self.class_counts(train_target)[:k] + 1.0
+        freq = counts / counts.sum(0, keepdim=True)
         return freq.log().reshape(1, k, h, w)
 
     def changed(self, base, target):
