@@ -25,7 +25,7 @@ from PIL import Image
 from encoder.checkpoint import load_encoder
 from encoder.preprocess import normalize, to_array
 from encoder.vit import ViT
-from store.artifacts import ArtifactError, Registry
+from store.artifacts import Registry
 from store.embeddings import EmbeddingStore, table_name
 from store.paths import Workspace
 
@@ -129,13 +129,7 @@ def run_embed(
 
     ws = Workspace.at(cfg.workspace)
     registry = Registry(ws.artifacts)
-    if not cfg.encoder:
-        cards = registry.list("encoder")
-        if not cards:
-            raise ArtifactError(f"no encoder registered in {registry.root}")
-        ref = cards[-1].id
-    else:
-        ref = cfg.encoder
+    ref = cfg.encoder or registry.newest("encoder").id
     if Path(ref).exists():
         registry = Registry(Path(ref).resolve().parent.parent)
     model, card = load_encoder(ref, registry, cfg.device)

@@ -244,12 +244,8 @@ def default_form(task: str) -> str:
 
 
 def newest_encoder(registry) -> str:
-    from store.artifacts import ArtifactError
-
-    cards = registry.list("encoder")
-    if not cards:
-        raise ArtifactError(f"no encoder registered in {registry.root}: train one (fth train) or pass --encoder")
-    return cards[-1].id
+    """The id of the newest registered encoder, with the hint a `fth heads` user needs when there is none."""
+    return registry.newest("encoder", ": train one (fth train) or pass --encoder").id
 
 
 def ensure_embedded(

@@ -20,7 +20,7 @@ from encoder.checkpoint import load_encoder
 from encoder.preprocess import normalize
 from server.config import ServeConfig
 from server.heads import ServedHead, load_heads
-from store.artifacts import ArtifactError, Registry
+from store.artifacts import Registry
 from store.paths import Workspace
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,6 @@ def intra_op_threads(cfg: ServeConfig) -> int:
     return max(1, (os.cpu_count() or 1) // (2 * max(1, cfg.workers)))
 
 
-def newest_encoder(registry: Registry) -> str:
-    cards = registry.list("encoder")
-    if not cards:
-        raise ArtifactError(f"no encoder registered in {registry.root}; train one or pass --set encoder=<id or path>")
-    return cards[-1].id
-
-
 class Runner:
     """Loads the encoder and heads named by `cfg` and runs batches.
 
@@ -51,7 +44,7 @@ class Runner:
     def __init__(self, cfg: ServeConfig):
         torch.set_num_threads(intra_op_threads(cfg))
         registry = Registry(Workspace.at(cfg.workspace).artifacts)
-        ref = cfg.encoder or newest_encoder(registry)
+        ref = cfg.encoder or registry.newest("encoder", "; train one or pass --set encoder=<id or path>").id
         if Path(ref).exists():
             registry_for_ref = Registry(Path(ref).resolve().parent.parent)
             self.model, self.card = load_encoder(ref, registry_for_ref, cfg.device)

@@ -155,6 +155,13 @@ class Registry:
         card = self.card(ref)
         return load_file(str(card.path / WEIGHTS)), card
 
+    def newest(self, kind: str, hint: str = "") -> Card:
+        """The most recently registered artifact of `kind`; none is an error ending with `hint` (what to do)."""
+        cards = self.list(kind)
+        if not cards:
+            raise ArtifactError(f"no {kind} registered in {self.root}{hint}")
+        return cards[-1]
+
     def list(self, kind: str | None = None) -> list[Card]:
         pattern = f"{kind}/*/{CARD}" if kind else f"*/*/{CARD}"
         cards = [self.card(p.parent) for p in self.root.glob(pattern)]

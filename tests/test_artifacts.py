@@ -68,3 +68,12 @@ def test_unknown_ids_and_paths_are_clear_errors(tmp_path):
         reg.load("head-ab")  # too short to be a prefix
     with pytest.raises(ArtifactError, match="not an artifact id"):
         reg.load("head-")
+
+
+def test_newest_of_a_kind_and_a_clear_error_when_none(tmp_path):
+    reg = Registry(tmp_path)
+    with pytest.raises(ArtifactError, match=r"no encoder registered in .*: train one"):
+        reg.newest("encoder", ": train one")
+    first = reg.register("encoder", {"w": torch.zeros(2)}, {"n": 1})
+    reg.register("head", {"w": torch.ones(2)}, {"n": 2})
+    assert reg.newest("encoder").id == first.id  # another kind never answers
