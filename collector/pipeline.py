@@ -17,8 +17,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import os
-import signal
 import subprocess
 import threading
 import time
@@ -29,6 +27,7 @@ import ffmpeg
 from collector.config import SourceConfig
 from collector.ffmpeg_bin import ffmpeg_exe
 from collector.sources import URL_GONE, Resolved
+from fth.procs import terminate_group
 
 log = logging.getLogger(__name__)
 
@@ -161,21 +160,11 @@ class FFmpegProcess:
         proc = self.proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            self._signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("event=ffmpeg_kill source=%s pid=%d reason=ignored_sigterm", self.name, proc.pid)
-                self._signal(signal.SIGKILL)
-                proc.wait()
+        if terminate_group(proc, timeout):
+            log.warning("event=ffmpeg_kill source=%s pid=%d reason=ignored_sigterm", self.name, proc.pid)
         for t in self._threads:
             t.join(timeout=10)
         for stream in (proc.stdout, proc.stderr):
             with contextlib.suppress(OSError):
                 stream.close()
         return proc.returncode
-
-    def _signal(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, sig)  # pgid == pid: the child leads its own session

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from fth.procs import signal_group, terminate_group
+
 GRACE_S = 20.0
 
 
@@ -123,17 +125,8 @@ class Step:
         if self.proc is None:
             return None
         self.remember_children()
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # anything left in the group (the leader is reaped)
+        terminate_group(self.proc, grace)
+        signal_group(self.proc, signal.SIGKILL)  # anything left in the group (the leader is reaped)
         deadline = time.monotonic() + 5.0
         while any(alive(p) for p in self._known) and time.monotonic() < deadline:
             time.sleep(0.1)
