@@ -105,6 +105,7 @@ def _batches(items: list[tuple[str, Path]], n: int) -> Iterator[list[tuple[str, 
 @torch.inference_mode()
 def features(model: ViT, images: np.ndarray, layers: list[int], device: str) -> dict[str, np.ndarray]:
     """(B, H, W, 3) uint8 -> {"pooled": (B, D), "tokens[.i]": (B, gh, gw, D)} float32, one encoder pass."""
+    images = images if images.flags.writeable else images.copy()  # torch warns on read-only numpy (one PIL image)
     x = normalize(torch.from_numpy(images).to(device), model.cfg)  # (B, 3, H, W)
     tokens, (gh, gw) = model.patch_tokens(x)
     final, taps = model.run_blocks(model.with_cls(tokens), [i for i in layers if i != -1])

@@ -6,10 +6,9 @@ tasks; then the error cases, the Label Studio export round trip, and the server 
 Measured on this 2-core machine (random-init tiny encoder configured at the frames' 96x160, so a 12x20 token grid;
 200 frames, 160 train / 40 validation, labels 48x80): see the margins stated beside each assertion. Dense tasks also
 report metrics on the "changed" pixels (where the per-pixel baseline is wrong: the people). The per-pixel baseline of a
-fixed camera is strong for depth (AbsRel ~0.006 overall); the depth head does NOT beat it here: early stopping on the
-overall AbsRel keeps step 0 (the scene prior = the baseline), so depth is held to "no worse than the baseline", over
-all pixels and over the changed ones. (Outside the test, 200 steps at lr 1e-3 on this 12x20 grid ended at 0.00527 vs
-0.00537 overall and 0.296 vs 0.373 on the changed pixels, one seed; at 8x12 it never left step 0.)
+fixed camera is strong for depth (AbsRel ~0.006 overall, nearly all of it on the people), and a depth head is worse
+than its scene prior for its first ~200 steps: the depth fit runs the whole 400-step schedule (configs/heads_dense.yaml
+patience 20; with patience 10 it stopped at step 200 and kept the prior).
 """
 
 from __future__ import annotations
@@ -79,13 +78,13 @@ def fitted(sim):
     argv = {
         "people_count": ["--labels", str(lab / "people.csv"), "--set", "head.hidden=32"],
         "time_of_day": ["--labels", "catalog"],
-        "depth": ["--labels", str(lab / "depth")],
+        "depth": ["--labels", str(lab / "depth"), "--set", "max_steps=400"],  # see the module docstring
         # the demo's call: classes.json is one folder up (write_labels' layout); the CLI finds it there
         "segmentation": ["--labels", str(lab / "segmentation"), "--classes", str(lab / "segmentation/classes.json")],
     }
     results = {}
     for task, extra in argv.items():
-        rc, out, err = run("heads", "fit", "--workspace", str(ws.root), "--task", task, *extra, *FAST)
+        rc, out, err = run("heads", "fit", "--workspace", str(ws.root), "--task", task, *FAST, *extra)
         assert rc == 0, err
         head_id = out.strip().splitlines()[-1].removeprefix("head: ")
         doc = json.loads((ws.root / "heads" / head_id / "metrics.json").read_text())
@@ -122,18 +121,19 @@ def test_segmentation_beats_per_pixel_majority(fitted):
     assert set(doc["metrics"]["iou"]) == {"sky", "ground", "building", "person"}
 
 
-def test_depth_starts_at_scene_prior_and_stays_there(fitted, sim):
+def test_depth_beats_per_pixel_mean_overall_and_where_people_stand(fitted, sim):
     ws, _ = sim
     _, doc = fitted["depth"]
     m, b = doc["metrics"]["absrel"], doc["baseline"]["absrel"]
     assert b < 0.02  # fixed camera: the per-pixel mean is nearly the truth
-    # see the module docstring: not a win on a random-init encoder; the fit keeps step 0 (the prior, = the baseline)
-    # when no later step is better on the validation frames, so the head is never worse than the baseline there
-    assert m <= 1.0001 * b, (m, b)
-    # the metric on the pixels the scene prior gets wrong (people) is reported for head and baseline alike
+    # measured (encoder seeds 0, 1, 2; fit seed 0): AbsRel 0.00580 / 0.00582 / 0.00597 vs 0.00632 overall, and
+    # 0.289 / 0.290 / 0.277 vs 0.3725 on the changed pixels (the people), best steps 300 / 240 / 340. Margins: 0.97x
+    # overall, 0.9x on the changed pixels.
+    assert m < 0.97 * b, (m, b)
     mc, bc = doc["metrics"]["changed"], doc["baseline"]["changed"]
     assert 0 < bc["pixels"] == mc["pixels"] < 0.05 * doc["metrics"]["pixels"] and bc["absrel"] > 0.1, (mc, bc)
-    assert mc["absrel"] <= 1.0001 * bc["absrel"], (mc, bc)
+    assert mc["absrel"] < 0.9 * bc["absrel"], (mc, bc)
+    assert doc["summary"]["best_step"] > 0  # not the scene prior alone (step 0)
     assert (ws.root / "heads" / doc["head_id"] / "depth.png").is_file()
 
 
