@@ -54,7 +54,7 @@ class HeadConfig:
     out_dim: int = 1
     grid: tuple[int, int] = (0, 0)
     dense: bool = False
-    hidden: int = 256
+    hidden: int = 64
     queries: int = 4
     heads: int = 4
     mlp_layers: int = 1
