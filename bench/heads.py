@@ -12,7 +12,9 @@ says the fit worked, not how good real heads are).
 `--quality`: does pretraining help? Sim frames (collector.sim, exact truth) in a catalog, labels by write_labels, and
 each task's held-out metric for heads fitted by `fth heads fit`'s pipeline on (a) the tiny MAE trained on those
 frames for `--mae-steps` (or `--encoder ID`), (b) the same architecture at random init, (c) downsampled raw pixels
-(8x12x3 grid as tokens; flattened as the pooled vector), next to the task's baseline.
+(12x20x3 grid of 8x8-pixel means as tokens; flattened as the pooled vector), next to the task's baseline. The frames
+are 96x160 and both encoders run at that size (a 12x20 token grid: at the tiny preset's 64x96, 8x12, a person covers
+under one token).
 
     .venv/bin/python bench/heads.py --quality --frames 300 --mae-steps 300
 
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import median, spread, table, write_json  # noqa: E402
 
+SIZE = (96, 160)  # --quality: sim frames and encoder input (H, W)
 BARS = {"people_count": 10.0, "time_of_day": 10.0, "depth": 120.0, "segmentation": 120.0}
 
 
@@ -93,12 +96,12 @@ def quality(args) -> int:
     from encoder.checkpoint import save_encoder
     from encoder.config import MAEConfig
     from encoder.mae import MAE
+    from encoder.vit import ViT
     from fth.config import build
     from heads.fit import FitConfig
     from heads.join import fit_from_labels
     from heads.pipeline import CatalogIndex, FitRequest, load_labels, resize_nearest, run_fit
     from heads.tasks import TaskConfig
-    from server.testing import tiny_encoder
     from store.artifacts import Registry
     from store.catalog import Catalog
     from store.paths import Workspace
@@ -115,16 +118,18 @@ def quality(args) -> int:
             cat.add_frame(buf.getvalue(), "sim", when, cfg.width, cfg.height)
         write_labels(cat, "sim", cfg, ws.root / "labels")
     cat_index = CatalogIndex(ws.root, ws.catalog)
-    pixels = np.stack([cat_index.image(r.id, (64, 96)) for r in cat_index.rows]).astype(np.float32) / 255.0
-    _, random_card = tiny_encoder(ws, seed=0)
+    pixels = np.stack([cat_index.image(r.id, SIZE) for r in cat_index.rows]).astype(np.float32) / 255.0
+    mae_cfg = build(MAEConfig, "tiny", [f"encoder.img_size=[{SIZE[0]},{SIZE[1]}]"])
+    torch.manual_seed(0)
+    random_card = save_encoder(ViT(mae_cfg.encoder).eval(), Registry(ws.artifacts), name="bench-random")
     encoders = {"random init": random_card.id}
     if args.encoder:
         encoders = {"trained (given)": args.encoder, **encoders}
     else:
         torch.manual_seed(0)
-        mae = MAE(build(MAEConfig, "tiny"))
+        mae = MAE(mae_cfg)
         opt = torch.optim.AdamW(mae.parameters(), lr=1.5e-3, betas=(0.9, 0.95), weight_decay=0.05)
-        x_all = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # (B, 3, 64, 96)
+        x_all = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # (B, 3, 96, 160)
         mean, std = torch.tensor(mae.encoder.cfg.pixel_mean), torch.tensor(mae.encoder.cfg.pixel_std)
         x_all = (x_all - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
         for _ in range(args.mae_steps):
@@ -156,7 +161,8 @@ def quality(args) -> int:
 
             hw = label_size(hw, 80)
             ls.values = [resize_nearest(np.asarray(v), hw) for v in ls.values]
-        grid = torch.from_numpy(pixels).reshape(-1, 8, 8, 12, 8, 3).mean(dim=(2, 4))  # (B, 8, 12, 3)
+        gh, gw = SIZE[0] // 8, SIZE[1] // 8
+        grid = torch.from_numpy(pixels).reshape(-1, gh, 8, gw, 8, 3).mean(dim=(2, 4))  # (B, 12, 20, 3)
         pos = {r.id: i for i, r in enumerate(cat_index.rows)}
         x = grid[[pos[i] for i in ids]]
         x = x.reshape(len(ids), -1) if task == "time_of_day" else x
@@ -165,7 +171,7 @@ def quality(args) -> int:
         tcfg = TaskConfig(task, classes=tuple(ls.classes or ()))  # type: ignore[arg-type]
         times = [cat_index.by_id[i].captured_at for i in ids]
         res = fit_from_labels(tcfg, ls, ids, x, times, fit_cfg)
-        row["raw pixels 8x12x3"] = res.metrics[res.task.primary]
+        row["raw pixels 12x20x3"] = res.metrics[res.task.primary]
         rows.append(row)
         print(row, file=sys.stderr, flush=True)
     print(table(rows, list(rows[0].keys())))
