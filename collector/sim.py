@@ -13,7 +13,11 @@ frame id, never on file names), all written under one folder:
     people.csv            frame_id,value      (people in view)
     time_of_day.csv       frame_id,value      (hours in [0, 24) on the sim's clock)
     depth/<id>.png        uint16, centimetres; 0 = no depth (stamp band), 65535 = sky or beyond 655 m
-    segmentation/<id>.png uint8 class index (classes.json); 255 = ignore
+    depth/depth.json      {"scale": 100, "unit": "cm"}: the folder says its own units
+    segmentation/<id>.png uint8 class index; 255 = ignore
+    segmentation/classes.json  the class list, beside the masks
+    boxes.json            COCO detection: one person box per counted person (its visible pixels), images carry
+                          our `frame_id` beside `file_name`
     classes.json, sim.json (the SimConfig that rendered them)
 
 Dense maps are resized (nearest) to each catalog frame's own width x height, so they align pixel for pixel.
@@ -123,12 +127,16 @@ def write_labels(
     """Decode the stamp of every catalog frame of `source`, re-render its truth, write label files under `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if dense:
+    classes = json.dumps({"classes": list(CLASSES), "ignore": IGNORE}, indent=1)
+    if dense:  # each label folder says its own units and classes: readers never guess from the simulator's files
         (out / "depth").mkdir(exist_ok=True)
+        (out / "depth" / "depth.json").write_text(json.dumps({"scale": 1 / DEPTH_UNIT_M, "unit": "cm"}) + "\n")
         (out / "segmentation").mkdir(exist_ok=True)
-    (out / "classes.json").write_text(json.dumps({"classes": list(CLASSES), "ignore": IGNORE}, indent=1))
+        (out / "segmentation" / "classes.json").write_text(classes)
+    (out / "classes.json").write_text(classes)
     (out / "sim.json").write_text(json.dumps({"sim": dataclasses.asdict(cfg)}, indent=1))
     summary = LabelSummary(out=str(out))
+    coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]}
     with contextlib.ExitStack() as stack:
         names = ("labels.csv", "people.csv", "time_of_day.csv")
         files = {name: stack.enter_context(open(out / name, "w", newline="")) for name in names}
@@ -151,6 +159,14 @@ def write_labels(
             writers["labels.csv"].writerow([row.id, index, truth.people, tod, row.path])
             writers["people.csv"].writerow([row.id, truth.people])
             writers["time_of_day.csv"].writerow([row.id, tod])
+            sx, sy = row.width / cfg.width, row.height / cfg.height  # truth is rendered at the sim's size
+            image_id = len(coco["images"]) + 1
+            coco["images"].append({"id": image_id, "file_name": row.path, "frame_id": row.id, "width": row.width,
+                                   "height": row.height})  # fmt: skip
+            for x0, y0, x1, y1 in truth.boxes.tolist():
+                coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id,
+                                            "category_id": 1, "iscrowd": 0,
+                                            "bbox": [x0 * sx, y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy]})  # fmt: skip
             if dense:
                 size = (row.width, row.height)
                 Image.fromarray(depth_png(truth.depth)).resize(size, Image.NEAREST).save(
@@ -159,6 +175,7 @@ def write_labels(
                 seg = Image.fromarray(truth.seg).resize(size, Image.NEAREST)
                 seg.save(out / "segmentation" / f"{row.id}.png")
             summary.labelled += 1
+    (out / "boxes.json").write_text(json.dumps(coco))
     log.info("event=labels_written source=%s labelled=%d unreadable=%d out=%s", source, summary.labelled,
              summary.unreadable, out)  # fmt: skip
     return summary

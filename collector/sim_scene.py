@@ -29,7 +29,8 @@ MIN_PERSON_PIXELS = 6  # a figure counts as in view when at least this many of i
 
 @dataclass
 class Truth:
-    """Exact ground truth of one sim frame. depth: (H, W) metres (inf = sky, 0 = no depth); seg: (H, W) uint8."""
+    """Exact ground truth of one sim frame. depth: (H, W) metres (inf = sky, 0 = no depth); seg: (H, W) uint8;
+    boxes: (people, 4) pixel boxes x0, y0, x1, y1 (x1/y1 exclusive) around each counted person's visible pixels."""
 
     index: int
     time_s: float
@@ -37,6 +38,7 @@ class Truth:
     people: int
     depth: np.ndarray
     seg: np.ndarray
+    boxes: np.ndarray
 
 
 def sim_time(cfg: SimConfig, index: int) -> tuple[float, float]:
@@ -174,9 +176,13 @@ def render(cfg: SimConfig, index: int) -> tuple[np.ndarray, Truth]:
     band = stamp_rows(H)
     depth[band:], seg[band:], inst[band:] = 0.0, IGNORE, -1
     ids, counts = np.unique(inst[inst >= 0], return_counts=True)
-    people = int((counts >= MIN_PERSON_PIXELS).sum()) if ids.size else 0
+    counted = ids[counts >= MIN_PERSON_PIXELS]
+    boxes = np.zeros((len(counted), 4), np.float32)
+    for k, n in enumerate(counted):  # the visible extent: occluded parts and the stamp band are not in the box
+        rows, cols = np.nonzero(inst == n)
+        boxes[k] = (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
     rgb = np.clip(img, 0, 255).astype(np.uint8)
-    return rgb, Truth(index, t, tod, people, depth, seg)
+    return rgb, Truth(index, t, tod, len(counted), depth, seg, boxes)
 
 
 def stamp_rows(height: int) -> int:

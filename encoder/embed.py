@@ -26,8 +26,9 @@ from encoder.checkpoint import load_encoder
 from encoder.preprocess import normalize, to_array
 from encoder.vit import ViT
 from store.artifacts import Registry
-from store.embeddings import EmbeddingStore, table_name
+from store.embeddings import EmbeddingStore
 from store.paths import Workspace
+from store.recipe import table_name
 
 log = logging.getLogger(__name__)
 
@@ -103,20 +104,11 @@ def _batches(items: list[tuple[str, Path]], n: int) -> Iterator[list[tuple[str, 
 
 
 @torch.inference_mode()
-def features(model: ViT, images: np.ndarray, layers: list[int], device: str) -> dict[str, np.ndarray]:
-    """(B, H, W, 3) uint8 -> {"pooled": (B, D), "tokens[.i]": (B, gh, gw, D)} float32, one encoder pass."""
+def features(model: ViT, images: np.ndarray, tables: list[str], device: str) -> dict[str, np.ndarray]:
+    """(B, H, W, 3) uint8 -> {table: (B, D) or (B, gh, gw, D)} float32, one encoder pass (`ViT.tables`)."""
     images = images if images.flags.writeable else images.copy()  # torch warns on read-only numpy (one PIL image)
     x = normalize(torch.from_numpy(images).to(device), model.cfg)  # (B, 3, H, W)
-    tokens, (gh, gw) = model.patch_tokens(x)
-    final, taps = model.run_blocks(model.with_cls(tokens), [i for i in layers if i != -1])
-    b, d = final.shape[0], final.shape[-1]
-    pooled = final[:, 0] if model.cfg.pool == "cls" else final[:, 1:].mean(dim=1)  # (B, D)
-    out = {"pooled": pooled.float().cpu().numpy()}
-    grids = dict(zip([i for i in layers if i != -1], taps, strict=True))
-    for i in layers:
-        t = final if i == -1 else grids[i]
-        out[table_name("tokens", i)] = t[:, 1:].reshape(b, gh, gw, d).float().cpu().numpy()  # (B, gh, gw, D)
-    return out
+    return {k: v.float().cpu().numpy() for k, v in model.tables(x, tables).items()}
 
 
 def run_embed(
@@ -124,8 +116,13 @@ def run_embed(
     frames: Frames | None = None,
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    token_ids: set[str] | None = None,
 ) -> dict[str, int]:
-    """Embed this rank's share of `frames` (default: the catalog) that the store lacks; returns counts."""
+    """Embed this rank's share of `frames` (default: the catalog) that the store lacks; returns counts.
+
+    Args:
+        token_ids: frames that need token grids (overrides `cfg.token_frames`; None = as the config says).
+    """
     from tqdm import tqdm
 
     ws = Workspace.at(cfg.workspace)
@@ -138,11 +135,11 @@ def run_embed(
     rank, world = rank_world()
     store = EmbeddingStore(ws.embeddings, card.id)
 
-    wanted_tokens: set[str] | None = None
-    if cfg.tokens and cfg.token_frames:
+    wanted_tokens: set[str] | None = token_ids
+    if cfg.tokens and cfg.token_frames and wanted_tokens is None:
         wanted_tokens = {ln.strip() for ln in Path(cfg.token_frames).read_text().splitlines() if ln.strip()}
     layers = sorted(set(cfg.layers)) if cfg.tokens else []
-    token_tables = [table_name("tokens", i) for i in layers]
+    token_tables = [table_name("grid", i) for i in layers]
     have = {"pooled": set(store.index("pooled")), **{t: set(store.index(t)) for t in token_tables}}
 
     def needs_tokens(frame_id: str) -> bool:
@@ -188,7 +185,7 @@ def run_embed(
             stats["failed"] += len(batch) - len(ok)
             if ok:
                 ids = [item[0] for item, _ in ok]
-                out = features(model, np.stack([im for _, im in ok]), layers, cfg.device)
+                out = features(model, np.stack([im for _, im in ok]), ["pooled", *token_tables], cfg.device)
                 new = [i for i, fid in enumerate(ids) if fid not in have["pooled"]]
                 if new:
                     pooled_w.append([ids[i] for i in new], out["pooled"][new])

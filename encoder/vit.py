@@ -16,6 +16,7 @@ from torch import nn
 from encoder.attention import Attention
 from encoder.config import AttentionConfig, ViTConfig
 from encoder.pos_embed import sincos_2d
+from store.recipe import table_layer
 
 
 class Mlp(nn.Module):
@@ -143,6 +144,26 @@ class ViT(nn.Module):
             return rearrange(t[:, 1:], "b (gh gw) d -> b gh gw d", gh=gh, gw=gw)
 
         return grid(final) if layers is None else [grid(t) for t in taps]
+
+    def tables(self, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """x: (B, C, H, W) -> the named feature tables (`store.recipe` naming) from ONE encoder pass.
+
+        `pooled` is (B, D) (mean of patch tokens, or the cls token per `cfg.pool`); `tokens` / `tokens.<i>` are the
+        final / block i grids (B, gh, gw, D), each through the final norm. The embed job and the server both call this,
+        so a head reads the same numbers offline and online.
+        """
+        layers = sorted({table_layer(n) for n in names} - {None, -1})
+        tokens, (gh, gw) = self.patch_tokens(x)
+        final, taps = self.run_blocks(self.with_cls(tokens), layers)  # (B, 1 + N, D)
+        by_layer = {-1: final, **dict(zip(layers, taps, strict=True))}
+        out = {}
+        for name in names:
+            layer = table_layer(name)
+            if layer is None:
+                out[name] = final[:, 0] if self.cfg.pool == "cls" else final[:, 1:].mean(dim=1)  # (B, D)
+            else:
+                out[name] = rearrange(by_layer[layer][:, 1:], "b (gh gw) d -> b gh gw d", gh=gh, gw=gw)
+        return out
 
     def embed(self, x: torch.Tensor, pool: str | None = None) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, D): the mean of the patch tokens (or the cls token, per `pool`/`cfg.pool`)."""

@@ -16,12 +16,17 @@ import sys
 from fth.config import ConfigError
 
 # Each module here adds its subcommands; a module that does not exist yet is skipped.
-CLI_MODULES = ("store.cli", "collector.cli", "encoder.cli", "server.cli", "heads.cli", "fth.demo")
+CLI_MODULES = ("store.cli", "collector.cli", "encoder.cli", "server.cli", "fth.heads_cli", "fth.demo")
 
 
-def add_config_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
-    """The `--config FILE` and repeatable `--set key=value` flags every configurable command takes."""
-    shown = default or "built-in defaults"
+def add_config_args(parser: argparse.ArgumentParser, default: str | None = None, shown: str | None = None) -> None:
+    """The `--config FILE` and repeatable `--set key=value` flags every configurable command takes.
+
+    Args:
+        default: the preset used when `--config` is absent.  shown: how help describes the default, when it is
+            chosen later (e.g. by task).
+    """
+    shown = shown or default or "built-in defaults"
     parser.add_argument("--config", default=default, help=f"YAML file or preset name in configs/ (default: {shown})")
     parser.add_argument(
         "--set",

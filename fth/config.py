@@ -177,12 +177,24 @@ def parse_set(item: str) -> dict[str, Any]:
     return out
 
 
+def _apply_file(cfg: T, path: str | Path, seen: tuple[Path, ...]) -> T:
+    """Merge a YAML file into `cfg`; its optional top-level `base: <preset or file>` is merged first, so a file holds
+    only what differs from its base (which holds only what differs from the dataclass defaults)."""
+    resolved = resolve_path(path)
+    if resolved in seen:
+        raise ConfigError(f"{resolved}: `base` chain loops back to itself ({' -> '.join(map(str, seen))})")
+    data = read_yaml(resolved)
+    base = data.pop("base", None) if isinstance(data, dict) else None
+    if base is not None:
+        cfg = _apply_file(cfg, base, (*seen, resolved))
+    return merge(cfg, data, str(resolved))
+
+
 def build(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
     """Defaults of `cls`, then the YAML file at `path` (or preset name), then each `key=value` override in order."""
     cfg = cls()
     if path is not None:
-        resolved = resolve_path(path)
-        cfg = merge(cfg, read_yaml(resolved), str(resolved))
+        cfg = _apply_file(cfg, path, ())
     for item in overrides:
         cfg = merge(cfg, parse_set(item), f"--set {item}")
     return cfg

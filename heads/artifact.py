@@ -1,26 +1,30 @@
-"""Registered heads: save/load through `store.artifacts.Registry` (kind "head") and JSON-able predictions.
+"""Registered heads: save/load through `store.artifacts.Registry` (kind "head"), and their answers.
 
 The card's config holds the task config, the head config and the feature recipe (layers, pooled or grid, grid shape,
-width); its parents hold the exact encoder id the features came from. `load_head` takes the encoder id the caller's
-features come from and refuses any other (a head on another encoder's features gives plausible wrong numbers, so this
-is an error, never a warning). `predict` also checks the features against the recipe before running.
+width); its parents hold the exact encoder id the features came from (and the labels' digest and frame ids, so a head
+can be refitted without its user). `load_head` takes the encoder id the caller's features come from and refuses any
+other (a head on another encoder's features gives plausible wrong numbers, so this is an error, never a warning).
+This is the only head system: `fth heads predict` and the server both load and run heads through it.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from fth.config import from_dict, to_dict
-from heads.features import FeatureRecipe, as_float_tensor
 from heads.fit import FitResult, predict_outputs
 from heads.models import HeadConfig, build_head
 from heads.tasks import Task, TaskConfig, make_task
 from store.artifacts import ArtifactError, Card, Registry
+from store.recipe import FeatureRecipe
 
+log = logging.getLogger(__name__)
 KIND = "head"
 
 
@@ -47,6 +51,17 @@ class TrainedHead:
     def id(self) -> str | None:
         return self.card.id if self.card else None
 
+    @property
+    def name(self) -> str:
+        """The name the server answers under: the card's name, else its id."""
+        return (self.card.name or self.card.id) if self.card else self.task.name
+
+    @torch.inference_mode()
+    def outputs(self, features: Any) -> torch.Tensor:
+        """Raw head outputs for a batch of features in the recipe's form, after checking them against it."""
+        self.recipe.check(features)
+        return self.module(features.float() if isinstance(features, torch.Tensor) else torch.as_tensor(features))
+
 
 def save_head(
     head: TrainedHead | FitResult,
@@ -59,7 +74,7 @@ def save_head(
     """Register a fitted head as `head-<hash>`; a FitResult needs `encoder_id` and brings its metrics summary.
 
     Args:
-        parents: extra lineage (e.g. the label file's hash), stored beside the encoder id.
+        parents: extra lineage (e.g. the labels' digest and frame ids), stored beside the encoder id.
     """
     if isinstance(head, FitResult):
         if not encoder_id:
@@ -76,38 +91,65 @@ def save_head(
     return card
 
 
-def load_head(ref: str | Path, registry: Registry, encoder_id: str) -> TrainedHead:
+def load_head(ref: str | Path, registry: Registry, encoder_id: str, device: str = "cpu") -> TrainedHead:
     """A head id/path -> TrainedHead, refusing it unless it was fitted on `encoder_id`'s features."""
     weights, card = registry.load(ref)
     if card.kind != KIND:
         raise ArtifactError(f"{card.id} is a {card.kind!r} artifact, not a head")
+    where = f"{card.path}/card.json"
+    if not {"task", "head", "recipe"} <= set(card.config):
+        raise ArtifactError(f"head {card.id}: its card has no task/head/recipe config ({where}); refit it")
     fitted_on = card.parents.get("encoder")
-    recipe = from_dict(FeatureRecipe, card.config["recipe"], f"{card.path}/card.json")
+    recipe = from_dict(FeatureRecipe, card.config["recipe"], where)
     if fitted_on != encoder_id:
         raise EncoderMismatchError(
             f"head {card.id} ({card.config['task']['name']}) was fitted on encoder {fitted_on} "
             f"({recipe.describe()}); refusing to run it on features of encoder {encoder_id}. "
             f"Refit it on {encoder_id}'s embeddings (fth heads fit --encoder {encoder_id})."
         )
-    task_cfg = from_dict(TaskConfig, card.config["task"], f"{card.path}/card.json")
-    head_cfg = from_dict(HeadConfig, card.config["head"], f"{card.path}/card.json")
+    task_cfg = from_dict(TaskConfig, card.config["task"], where)
+    head_cfg = from_dict(HeadConfig, card.config["head"], where)
     module = build_head(head_cfg)
     module.load_state_dict(weights, strict=True)
-    return TrainedHead(module.eval(), make_task(task_cfg), recipe, head_cfg, fitted_on, card)
+    return TrainedHead(module.eval().to(device), make_task(task_cfg), recipe, head_cfg, fitted_on, card)
+
+
+def load_heads(
+    registry: Registry, encoder_id: str, refs: list[str], auto: bool, device: str = "cpu"
+) -> dict[str, TrainedHead]:
+    """The named heads (errors propagate) plus, with `auto`, every registered head fitted on `encoder_id` (heads
+    that cannot load are skipped with a log line naming why), keyed by the name they answer under."""
+    heads: dict[str, TrainedHead] = {}
+    for ref in refs:
+        head = load_head(ref, registry, encoder_id, device)
+        heads[head.name] = head
+    if auto:
+        loaded = {h.id for h in heads.values()}
+        for card in registry.list(KIND):
+            if card.parents.get("encoder") != encoder_id:
+                log.info("skipping head %s: fitted on encoder %s", card.id, card.parents.get("encoder"))
+                continue
+            if card.id in loaded:
+                continue
+            try:
+                head = load_head(card.id, registry, encoder_id, device)
+            except (ArtifactError, ValueError) as e:
+                log.warning("skipping head %s: %s", card.id, e)
+                continue
+            heads[head.name] = head
+    return heads
 
 
 def predict(
-    head: TrainedHead, features: Any, size: tuple[int, int] | None = None, batch: int = 256
+    head: TrainedHead, features: Any, sizes: list[tuple[int, int]] | None = None, batch: int = 256
 ) -> list[dict[str, Any]]:
-    """Features of one frame or a batch -> one JSON-able prediction per frame.
+    """Features of one frame or a batch -> one JSON-able answer per frame (the task's `decode`).
 
-    people_count -> {"count": float}; time_of_day -> {"time": "HH:MM", "minutes": float};
-    depth -> {"depth": [[metres]], "shape": [h, w]}; segmentation -> {"segmentation": [[class]], "shape", "classes"}.
-    Dense maps come at the head's output resolution, or at `size` (H, W) when given.
+    Args:
+        sizes: each frame's (H, W) in pixels, for answers in image coordinates (boxes); maps stay at head size.
     """
-    x = as_float_tensor(features)
-    single = x.dim() == (2 if head.recipe.form == "pooled" else 4) - 1
-    if single:
+    x = features if isinstance(features, torch.Tensor) else torch.as_tensor(features)
+    if x.dim() == (2 if head.recipe.form == "pooled" else 4) - 1:
         x = x[None]
     head.recipe.check(x)
-    return head.task.decode(predict_outputs(head.module, x, batch), size)
+    return head.task.decode(predict_outputs(head.module, x, batch), sizes)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class LabelSet:
     values: list[Any]
     source: str = ""
     classes: tuple[str, ...] | None = None
+    note: str = ""  # how the reader interpreted the file (units, class list), printed by `fth heads fit`
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -106,6 +108,79 @@ def finish(
     return LabelSet(list(ids), list(values), source, classes)
 
 
+def sniff(path: str, formats: list[str]) -> str:
+    """The format of a labels path among `formats` (a task's readers): `catalog`, a folder of maps, CSV, COCO JSON
+    or a Label Studio export; a one-line error when the path is none of the task's."""
+    if path == "catalog":
+        if "catalog" in formats:
+            return "catalog"
+        raise LabelError(f"--labels catalog gives times of day only; this task reads {', '.join(formats)}")
+    p = Path(path)
+    if not p.exists():
+        raise LabelError(f"labels {path}: no such file or folder")
+    if p.is_dir():
+        folder = [f for f in formats if f in FOLDER_FORMATS]
+        if not folder:
+            raise LabelError(f"labels {path}: a folder holds maps; this task reads {', '.join(formats)} files")
+        return folder[0]
+    suffix = p.suffix.lower()
+    if suffix == ".csv" and "csv" in formats:
+        return "csv"
+    if suffix == ".json":
+        try:
+            data = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise LabelError(f"labels {path}: not valid JSON ({e})") from None
+        kind = (
+            "labelstudio" if isinstance(data, list) else "coco" if isinstance(data, dict) and "images" in data else ""
+        )
+        if not kind:
+            raise LabelError(f"labels {path}: JSON that is neither a Label Studio export (list) nor COCO (images)")
+        if kind in formats:
+            return kind
+        raise LabelError(f"labels {path}: a {kind} file; this task reads {', '.join(formats)}")
+    raise LabelError(f"labels {path}: cannot tell the format from {suffix!r} for this task "
+                     f"({', '.join(formats)}); pass --format")  # fmt: skip
+
+
+FOLDER_FORMATS = ("masks", "depth")
+
+
+def numbers(values: Iterable[Any], what: str) -> list[float]:
+    """Label values -> finite floats; ValueError naming the rows (0-based) that are not numbers or not finite."""
+    out, bad = [], []
+    for i, v in enumerate(values):
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            bad.append(i)
+            continue
+        if not math.isfinite(f):
+            bad.append(i)
+        out.append(f)
+    if bad:
+        raise ValueError(f"{len(bad)} {what} are not finite numbers (rows {_first(bad)}: "
+                         f"{_first([values[i] for i in bad] if isinstance(values, list) else bad)})")  # fmt: skip
+    return out
+
+
+def read_task_csv(path: Path, ctx: Any, task: Any, numeric: bool = True) -> LabelSet:
+    """A task's CSV labels: the value column is `--column`, else `value`, else the first of the task's `columns` in
+    the header; with `numeric`, every value must be a finite number (errors name the file and its lines)."""
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    column = ctx.column or next((c for c in task.columns if c in header and "value" not in header), None)
+    labels = read_csv(path, column, ctx.resolver, ctx.known)
+    if numeric:
+        lines = {fid: n + 2 for n, fid in enumerate(labels.ids)}  # header is line 1
+        bad = [(lines[i], v) for i, v in zip(labels.ids, labels.values, strict=True)
+               if not isinstance(v, float) or not math.isfinite(v)]  # fmt: skip
+        if bad:
+            raise LabelError(f"{path}: {len(bad)} values are not finite numbers (line: value "
+                             f"{_first(f'{n}: {v!r}' for n, v in bad)})")  # fmt: skip
+    return labels
+
+
 def _value(text: str) -> Any:
     try:
         return float(text)
@@ -164,7 +239,7 @@ def read_coco(
     if not cats:
         names = [c.get("name") for c in data.get("categories", [])]
         raise LabelError(f"{path}: no {category!r} category among {names}")
-    images = {im["id"]: im["file_name"] for im in data.get("images", [])}
+    images = coco_image_ids(data, path, resolver)
     counts = dict.fromkeys(images, 0)
     orphans = []
     for ann in data.get("annotations", []):
@@ -176,8 +251,16 @@ def read_coco(
         counts[ann["image_id"]] += 1
     if orphans:
         raise LabelError(f"{path}: {len(orphans)} annotations point at images not in the file: {_first(orphans)}")
-    ids = resolve_keys([images[i] for i in counts], resolver, str(path))
-    return finish(ids, [float(c) for c in counts.values()], str(path), known, unknown)
+    return finish([images[i] for i in counts], [float(c) for c in counts.values()], str(path), known, unknown)
+
+
+def coco_image_ids(data: dict[str, Any], path: Path, resolver: Resolver | None) -> dict[Any, str]:
+    """COCO image id -> our frame id: the image's `frame_id` field when present (fth writes it), else its
+    `file_name` resolved through the catalog."""
+    images = data.get("images", [])
+    named = [im for im in images if not im.get("frame_id")]
+    resolved = iter(resolve_keys([im["file_name"] for im in named], resolver, str(path)) if named else [])
+    return {im["id"]: str(im["frame_id"]) if im.get("frame_id") else next(resolved) for im in images}
 
 
 def write_coco(path: str | Path, counts: LabelSet, file_names: dict[str, str]) -> Path:

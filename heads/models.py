@@ -1,6 +1,12 @@
 """Small task heads over frozen encoder features, each rebuilt from its `HeadConfig`.
 
-Read top to bottom: `Standardize -> AttentionPool -> LinearProbe -> MlpHead -> AttnPoolHead -> DenseDecoder`.
+Read top to bottom: `Reduce -> AttentionPool -> LinearProbe -> MlpHead -> AttnPoolHead -> DenseDecoder -> Head`.
+
+- `Reduce`: every head's first stage, fitted once at fit time and frozen (buffers, so it travels in the weights):
+  per-channel standardisation, then for token grids wider than `HeadConfig.reduce` a whitened projection on the
+  training tokens' top principal axes. The trainable part then costs the same per token whatever the encoder width
+  (a 1024-wide grid of 1k frames is 246M numbers: a learned first layer on it dominated every fit), and the fit
+  projects the features once instead of every step.
 
 - `LinearProbe`: the baseline head. Pooled vector -> linear; for dense tasks a per-token linear map (1x1 conv).
 - `MlpHead`: pooled vector -> MLP.
@@ -10,15 +16,16 @@ Read top to bottom: `Standardize -> AttentionPool -> LinearProbe -> MlpHead -> A
 - `DenseDecoder`: 1x1 projection of D down, 3x3 convs with 2x bilinear upsampling (a light SETR-PUP-style decoder,
   Zheng et al. 2021); the task upsamples its output to the label size.
 
-Every head standardises its input with per-channel mean/std buffers set at fit time, so they travel in the weights.
-Shapes: B batch, gh/gw grid, N = gh*gw tokens, D input width, C decoder channels, Q queries, H attention heads.
+Shapes: B batch, gh/gw grid, N = gh*gw tokens, D input width, P reduced width, C decoder channels, Q queries,
+H attention heads.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -47,6 +54,8 @@ class HeadConfig:
             to learn what differs from the static scene (people, lighting). Without it a decoder at grid resolution
             cannot draw the layout's sharp edges that the per-pixel baseline gets for free.
         prior_size: (H, W) of the prior (the label size), filled in at fit time.
+        reduce: token grids wider than this are projected to this many whitened principal axes before the head
+            (0 = never); pooled vectors are only standardised.
     """
 
     kind: HeadKind = "auto"
@@ -64,30 +73,56 @@ class HeadConfig:
     dropout: float = 0.0
     prior: bool = False
     prior_size: tuple[int, int] = (0, 0)
+    reduce: int = 64
 
 
-class Standardize(nn.Module):
-    """x: (..., D) -> (x - mean) / std with per-channel statistics of the training features."""
+def reduced_dim(cfg: HeadConfig) -> int:
+    """P: the width the trainable part of the head sees."""
+    is_grid = cfg.grid[0] * cfg.grid[1] > 0
+    return cfg.reduce if is_grid and 0 < cfg.reduce < cfg.in_dim else cfg.in_dim
 
-    def __init__(self, dim: int):
+
+class Reduce(nn.Module):
+    """x: (..., D) -> (..., P): (x - mean) / std, then (when P < D) times a whitened PCA basis (D, P)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("std", torch.ones(dim))
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
+        self.register_buffer("basis", torch.eye(in_dim, out_dim) if out_dim < in_dim else None)
 
     @torch.no_grad()
-    def fit(self, x: torch.Tensor, chunk: int = 4096) -> None:
-        """Set mean/std from features (B, ..., D), in chunks so a large grid set needs no second copy."""
+    def fit(self, x, chunk: int = 256, max_rows: int = 65536, seed: int = 0) -> None:
+        """Statistics from training features x (B, ..., D) (any array that slices to float), read in chunks of
+        frames; the PCA basis from at most `max_rows` token rows spread over the frames."""
         d = x.shape[-1]
         n, s, ss = 0, torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
+        sample = []
+        gen = torch.Generator().manual_seed(seed)
         for i in range(0, x.shape[0], chunk):
-            part = x[i : i + chunk].reshape(-1, d).double()  # (b * ..., D)
-            n, s, ss = n + part.shape[0], s + part.sum(0), ss + (part * part).sum(0)
+            part = _float(x[i : i + chunk]).reshape(-1, d)  # (b * ..., D)
+            n, s, ss = n + part.shape[0], s + part.double().sum(0), ss + (part.double() ** 2).sum(0)
+            if self.basis is not None:  # this chunk's share of the PCA sample
+                k = min(part.shape[0], -(-max_rows * min(chunk, x.shape[0] - i) // x.shape[0]))
+                sample.append(part[torch.randperm(part.shape[0], generator=gen)[:k]])
         mean = s / n
         self.mean.copy_(mean.float())
         self.std.copy_((ss / n - mean * mean).clamp_min(0).sqrt().float().clamp_min(1e-6))
+        if self.basis is not None:
+            z = (torch.cat(sample) - self.mean) / self.std  # (rows, D)
+            cov = (z.T.double() @ z.double()) / max(1, z.shape[0] - 1)  # (D, D)
+            vals, vecs = torch.linalg.eigh(cov)  # ascending
+            p = self.basis.shape[1]
+            top, axes = vals[-p:].flip(0), vecs[:, -p:].flip(1)  # (P,), (D, P)
+            self.basis.copy_((axes / top.clamp_min(1e-6).sqrt()).float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        z = (x - self.mean) / self.std
+        return z if self.basis is None else z @ self.basis
+
+
+def _float(x) -> torch.Tensor:
+    return x.float() if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
 def mlp(d_in: int, hidden: int, d_out: int, layers: int, dropout: float) -> nn.Sequential:
@@ -124,13 +159,12 @@ class LinearProbe(nn.Module):
     def __init__(self, cfg: HeadConfig):
         super().__init__()
         self.cfg = cfg
-        self.norm = Standardize(cfg.in_dim)
         self.fc = nn.Linear(cfg.in_dim, cfg.out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.dense:
-            return rearrange(self.fc(self.norm(x)), "b gh gw o -> b o gh gw")
-        return self.fc(self.norm(x.mean(dim=(1, 2)) if x.dim() == 4 else x))
+            return rearrange(self.fc(x), "b gh gw o -> b o gh gw")
+        return self.fc(x.mean(dim=(1, 2)) if x.dim() == 4 else x)
 
 
 class MlpHead(nn.Module):
@@ -139,11 +173,10 @@ class MlpHead(nn.Module):
     def __init__(self, cfg: HeadConfig):
         super().__init__()
         self.cfg = cfg
-        self.norm = Standardize(cfg.in_dim)
         self.mlp = mlp(cfg.in_dim, cfg.hidden, cfg.out_dim, cfg.mlp_layers, cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.norm(x.mean(dim=(1, 2)) if x.dim() == 4 else x))
+        return self.mlp(x.mean(dim=(1, 2)) if x.dim() == 4 else x)
 
 
 class AttnPoolHead(nn.Module):
@@ -156,7 +189,6 @@ class AttnPoolHead(nn.Module):
             raise ValueError("an attention-pooling head reads token grids; got pooled features (use kind mlp/linear)")
         self.cfg = cfg
         d = cfg.hidden
-        self.norm = Standardize(cfg.in_dim)
         self.token_mlp = nn.Sequential(nn.Linear(cfg.in_dim, d), nn.GELU(), nn.Linear(d, d))
         self.pos = nn.Parameter(torch.zeros(1, gh * gw, d)) if cfg.pos_embed else None
         self.pre = nn.LayerNorm(d)
@@ -165,7 +197,7 @@ class AttnPoolHead(nn.Module):
         self.out = mlp(cfg.queries * d, d, cfg.out_dim, cfg.mlp_layers, cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.token_mlp(self.norm(rearrange(x, "b gh gw d -> b (gh gw) d")))  # (B, N, d)
+        tokens = self.token_mlp(rearrange(x, "b gh gw d -> b (gh gw) d"))  # (B, N, d)
         if self.pos is not None:
             tokens = tokens + self.pos
         pooled = self.pool(self.pre(tokens))  # (B, Q, d)
@@ -185,7 +217,6 @@ class DenseDecoder(nn.Module):
             raise ValueError("a dense decoder reads token grids; got pooled features")
         self.cfg = cfg
         c = cfg.channels
-        self.norm = Standardize(cfg.in_dim)
         self.proj = nn.Conv2d(cfg.in_dim, c, 1)
         self.stem = _conv_block(c, c)
         self.ups = nn.ModuleList(_conv_block(c, c) for _ in range(cfg.upsample))
@@ -194,7 +225,7 @@ class DenseDecoder(nn.Module):
         self.register_buffer("prior", torch.zeros(1, cfg.out_dim, ph, pw) if ph * pw else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(rearrange(self.norm(x), "b gh gw d -> b d gh gw"))  # (B, C, gh, gw)
+        x = self.proj(rearrange(x, "b gh gw d -> b d gh gw"))  # (B, C, gh, gw)
         x = self.stem(x)
         for block in self.ups:
             x = block(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
@@ -210,6 +241,20 @@ HEADS: dict[str, type[nn.Module]] = {
     "attnpool": AttnPoolHead,
     "dense": DenseDecoder,
 }
+
+
+class Head(nn.Module):
+    """A fitted head: the frozen `Reduce` stage, then the trainable body chosen by `kind` (built on P inputs)."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.cfg = cfg
+        p = reduced_dim(cfg)
+        self.reduce = Reduce(cfg.in_dim, p)
+        self.body = HEADS[resolve_kind(cfg)](replace(cfg, in_dim=p))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.reduce(x))
 
 
 def resolve_kind(cfg: HeadConfig) -> str:
@@ -233,7 +278,7 @@ def build_head(cfg: HeadConfig) -> nn.Module:
         raise ValueError("head kind 'dense' predicts maps; a scalar task needs 'linear', 'mlp' or 'attnpool'")
     if cfg.in_dim <= 0:
         raise ValueError("HeadConfig.in_dim is unset: build heads through heads.fit, which reads it from the features")
-    return HEADS[kind](cfg)
+    return Head(cfg)
 
 
 def output_bias(head: nn.Module) -> torch.Tensor | None:

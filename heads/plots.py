@@ -1,10 +1,12 @@
-"""Fit diagnostics as PNG drawn with PIL (no matplotlib): predicted-vs-true scatter for scalar tasks, and
-image / label / prediction panels for dense tasks.
+"""Fit diagnostics drawn with matplotlib (Agg backend, PNG): what a user looks at first after `fth heads fit`.
 
-`scatter_png` draws the identity line, the points and a one-line title (e.g. the metrics next to the baseline); time
-of day is plotted in hours with both axes 0-24. `panels_png` stacks one row per frame: the frame (when given), the
-label and the prediction, with depth as a shared-range log grey ramp (invalid = black, near = dark, far = bright) and
-classes as a fixed palette (ignored = black).
+- `scatter`: predicted against true on the held-out frames, with the identity line, labelled axes and units; counts
+  get a little jitter so stacked integers stay visible.
+- `map_panels`: one row per held-out frame: the frame, the label and the prediction (depth on a shared log colour
+  scale with a colour bar, classes with a legend).
+- `box_panels`: held-out frames with true boxes (green) and predicted boxes (orange, with scores).
+- `loss_curve`: training loss and the validation metric against the step, the chosen step marked.
+Each task's `plot` calls one of these; nothing here knows a task by name.
 """
 
 from __future__ import annotations
@@ -14,133 +16,150 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
-
-PALETTE = np.random.default_rng(7).integers(40, 256, size=(256, 3), dtype=np.uint8)
-PALETTE[255] = 0
 
 
-def scatter_png(
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def scatter(
     path: str | Path,
-    true: Sequence[float] | np.ndarray,
-    pred: Sequence[float] | np.ndarray,
-    title: str = "",
+    true: np.ndarray,
+    pred: np.ndarray,
+    title: str,
+    xlabel: str,
+    ylabel: str,
     lo: float | None = None,
     hi: float | None = None,
-    size: int = 480,
+    integer: bool = False,
 ) -> Path:
-    """Predicted (y) against true (x) with the identity line; axis range [lo, hi] (default: data range)."""
-    t, p = np.asarray(true, dtype=np.float64), np.asarray(pred, dtype=np.float64)
-    lo = float(min(t.min(), p.min())) if lo is None else lo
+    """Predicted (y) against true (x) with the identity line; axis range [lo, hi] (default: the data's)."""
+    plt = _plt()
+    t, p = np.asarray(true, np.float64), np.asarray(pred, np.float64)
+    lo = float(min(t.min(), p.min(), 0 if integer else np.inf)) if lo is None else lo
     hi = float(max(t.max(), p.max())) if hi is None else hi
     hi = hi if hi > lo else lo + 1.0
-    margin, top = 48, 28
-    im = Image.new("RGB", (size, size + top), "white")
-    draw = ImageDraw.Draw(im)
-    span = size - 2 * margin
-
-    def xy(a: float, b: float) -> tuple[float, float]:
-        return margin + (a - lo) / (hi - lo) * span, top + size - margin - (b - lo) / (hi - lo) * span
-
-    draw.rectangle([xy(lo, hi), xy(hi, lo)], outline="black")
-    draw.line([xy(lo, lo), xy(hi, hi)], fill=(160, 160, 160), width=1)
-    for a, b in zip(t, p, strict=True):
-        x, y = xy(min(max(a, lo), hi), min(max(b, lo), hi))
-        draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(30, 90, 200))
-    for v in np.linspace(lo, hi, 5):
-        x, _ = xy(v, lo)
-        _, y = xy(lo, v)
-        draw.text((x - 10, top + size - margin + 6), f"{v:.3g}", fill="black")
-        draw.text((4, y - 6), f"{v:.3g}", fill="black")
-    draw.text((margin, top + size - 16), "true", fill="black")
-    draw.text((4, top + 4), f"predicted   {title}", fill="black")
-    im.save(path)
-    return Path(path)
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, t.shape) if integer else 0.0
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([lo, hi], [lo, hi], color="0.6", lw=1, label="perfect")
+    ax.scatter(t + jitter, p, s=14, alpha=0.6, color="tab:blue", label=f"held-out frames (n={len(t)})")
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel=xlabel, ylabel=ylabel, aspect="equal")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
 
 
-def _depth_rgb(depth: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    valid = depth > 0
-    x = np.zeros_like(depth, dtype=np.float64)
-    x[valid] = (np.log(depth[valid]) - np.log(lo)) / max(np.log(hi) - np.log(lo), 1e-6)
-    g = (np.clip(x, 0, 1) * 215 + 40) * valid
-    return np.repeat(g[..., None], 3, axis=2).astype(np.uint8)
-
-
-def _resize(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    if rgb.shape[:2] == tuple(hw):
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize((hw[1], hw[0]), Image.NEAREST))
-
-
-def panels_png(
+def map_panels(
     path: str | Path,
-    labels: Sequence[np.ndarray],
-    preds: Sequence[np.ndarray],
+    labels: np.ndarray,
+    preds: np.ndarray,
+    images: Sequence[np.ndarray] | None,
+    title: str,
     kind: str,
-    images: Sequence[np.ndarray] | None = None,
-    title: str = "",
+    classes: Sequence[str] = (),
+    ignore: int = 255,
 ) -> Path:
-    """Rows of [image] | label | prediction; `kind` is `depth` (metres) or `segmentation` (class indices).
+    """Rows of [frame] | label | prediction for `kind` `depth` (metres) or `segmentation` (class indices)."""
+    plt = _plt()
+    from matplotlib.colors import BoundaryNorm, ListedColormap, LogNorm
+    from matplotlib.patches import Patch
 
-    Args:
-        images: optional (H, W, 3) uint8 frames, resized to the label size.
-    """
-    labels = [np.asarray(a) for a in labels]
-    preds = [np.asarray(a) for a in preds]
-    hw = labels[0].shape[:2]
+    n = len(labels)
+    cols = 3 if images is not None else 2
+    fig, axes = plt.subplots(n, cols, figsize=(3.2 * cols, 2.1 * n + 0.6), squeeze=False)
     if kind == "depth":
-        valid = np.concatenate([a[a > 0].ravel() for a in labels] + [np.asarray(p).ravel() for p in preds])
-        lo, hi = float(valid.min()), float(valid.max())
-        colour = lambda a: _depth_rgb(a.astype(np.float64), lo, hi)
+        valid = np.concatenate([labels[labels > 0].ravel(), preds[preds > 0].ravel()])
+        norm = LogNorm(vmin=float(valid.min()), vmax=float(valid.max()))
+        cmap, show = plt.get_cmap("viridis_r").with_extremes(bad="black"), lambda a: np.ma.masked_where(a <= 0, a)
     else:
-        colour = lambda a: PALETTE[np.clip(a.astype(np.int64), 0, 255)]
-    rows = []
-    for i, (lab, pred) in enumerate(zip(labels, preds, strict=True)):
-        cells = [_resize(np.asarray(images[i], dtype=np.uint8), hw)] if images is not None else []
-        cells += [colour(lab), _resize(colour(pred), hw)]
-        gap = np.full((hw[0], 4, 3), 255, np.uint8)
-        rows.append(np.concatenate([c for cell in cells for c in (cell, gap)][:-1], axis=1))
-        rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
-    grid = np.concatenate(rows[:-1], axis=0)
-    scale = max(1, -(-320 // grid.shape[1]))  # small label maps are enlarged (nearest) to stay readable
-    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
-    top = 18
-    im = Image.new("RGB", (grid.shape[1], grid.shape[0] + top), "white")
-    im.paste(Image.fromarray(grid), (0, top))
-    heads = ("image | " if images is not None else "") + "label | prediction"
-    ImageDraw.Draw(im).text((2, 2), f"{heads}   {title}", fill="black")
-    im.save(path)
-    return Path(path)
+        k = max(len(classes), int(np.max(np.where(labels == ignore, 0, labels))) + 1, int(preds.max()) + 1)
+        cmap = ListedColormap(plt.get_cmap("tab10" if k <= 10 else "tab20").colors[:k]).with_extremes(bad="black")
+        norm = BoundaryNorm(np.arange(k + 1) - 0.5, k)
+        show = lambda a: np.ma.masked_where(a == ignore, a)
+    im = None
+    for r in range(n):
+        cells = ([("frame", images[r])] if images is not None else []) + [
+            ("label", labels[r]),
+            ("prediction", preds[r]),
+        ]
+        for c, (name, arr) in enumerate(cells):
+            ax = axes[r, c]
+            if name == "frame":
+                ax.imshow(arr)
+            else:
+                im = ax.imshow(show(arr), cmap=cmap, norm=norm, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+    if kind == "depth" and im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.6, label="depth (m, log scale; black = no depth)")
+    elif classes:
+        handles = [Patch(color=cmap(i), label=c) for i, c in enumerate(classes)]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(classes), 6), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
 
 
-def plot_fit(
-    result: Any, features: Any, labels: Any, out_dir: str | Path, images: Sequence[np.ndarray] | None = None, n: int = 4
+def box_panels(
+    path: str | Path,
+    images: Sequence[np.ndarray],
+    true: Sequence[np.ndarray],
+    pred: Sequence[dict[str, Any]],
+    title: str,
+    classes: Sequence[str] = (),
 ) -> Path:
-    """The validation plot of a `heads.fit.FitResult`: `<task>.png` in `out_dir` (features/labels as given to the fit;
-    `images` aligned with them, optional)."""
-    import torch
+    """Frames with true boxes (green, (M, 4) x0 y0 x1 y1 in pixels) and predicted ones (orange, with scores)."""
+    plt = _plt()
+    from matplotlib.patches import Rectangle
 
-    from heads.fit import predict_outputs
+    n = len(images)
+    cols = min(2, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.0 * rows + 0.5), squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= n:
+            ax.axis("off")
+            continue
+        ax.imshow(images[i])
+        for x0, y0, x1, y1 in np.asarray(true[i]).reshape(-1, 4):
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="lime", lw=1.5))
+        for box in pred[i]["boxes"]:
+            x0, y0, x1, y1 = box["box"]
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="orange", lw=1.2, ls="--"))
+            ax.text(x0, y0 - 1, f"{box['score']:.2f}", color="orange", fontsize=6, va="bottom")
+        ax.set_title(f"true {len(np.asarray(true[i]).reshape(-1, 4))}, predicted {len(pred[i]['boxes'])}", fontsize=8)
+    fig.suptitle(f"{title}\ngreen: true boxes, orange dashed: predicted", fontsize=9)
+    return _save(fig, path)
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    task, idx = result.task, result.val_idx
-    path = out_dir / f"{task.name}.png"
-    m, b = result.metrics[task.primary], result.baseline[task.primary]
-    title = f"{task.primary} {m:.3g} (baseline {b:.3g}), n={len(idx)}"
-    if not task.dense:
-        x = torch.as_tensor(np.asarray(features)[idx])
-        out = predict_outputs(result.head, x)
-        true = task.targets([labels[i] for i in idx])
-        if task.name == "time_of_day":
-            return scatter_png(path, true / 3600, task.seconds(out) / 3600, title, 0, 24)
-        return scatter_png(path, true, task.count(out), title)
-    pick = idx[:n]
-    x = torch.as_tensor(np.asarray(features)[pick])
-    target = task.targets([labels[i] for i in pick])
-    out = predict_outputs(result.head, x)
-    size = tuple(target.shape[-2:])
-    pred = task.depth(out, size) if task.name == "depth" else torch.nn.functional.interpolate(
-        out, size=size, mode="bilinear", align_corners=False).argmax(1)  # fmt: skip
-    imgs = [images[i] for i in pick] if images is not None else None
-    return panels_png(path, list(target.numpy()), list(pred.numpy()), task.name, imgs, title)
+
+def loss_curve(path: str | Path, history: list[dict[str, float]], primary: str, best_step: int) -> Path:
+    """Training loss (left axis) and the validation metric (right axis) against the step, the chosen step marked."""
+    plt = _plt()
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.plot(steps, [h["loss"] for h in history], color="tab:blue", marker=".", label="training loss")
+    ax.set(xlabel="step", ylabel="training loss")
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(steps, [h[primary] for h in history], color="tab:orange", marker=".", label=f"validation {primary}")
+    ax2.set_ylabel(f"validation {primary}")
+    ax.axvline(best_step, color="0.4", ls="--", lw=1, label=f"chosen step {best_step}")
+    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="upper right")
+    return _save(fig, path)

@@ -39,6 +39,12 @@ class Limits:
     max_pixels: int
 
 
+def image_size(data: bytes) -> tuple[int, int]:
+    """(H, W) of an encoded image from its header (the image was already decoded once, so this cannot fail)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.height, image.width
+
+
 def decode(data: bytes, size: tuple[int, int], limits: Limits, label: str = "image") -> np.ndarray:
     """Encoded bytes -> (H, W, 3) uint8 at `size` = (H, W); APIError for anything not a sound, small-enough image."""
     if not data:

@@ -99,7 +99,13 @@ SCHEMAS: dict[str, Any] = {
                     "properties": {
                         "name": {"type": "string"},
                         "id": {"type": "string"},
-                        "outputs": {"type": "array", "items": {"type": "object"}},
+                        "task": {"type": "string"},
+                        "outputs": {
+                            "type": "array",
+                            "description": "one answer per image, shaped by the head's task (boxes in each image's "
+                            "own pixel coordinates)",
+                            "items": {"type": "object"},
+                        },
                     },
                 },
             },

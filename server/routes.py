@@ -11,10 +11,11 @@ import io
 import json
 
 import numpy as np
+import torch
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from server.batcher import Job, QueueFull, Stopped
-from server.images import APIError, Limits, decode_all, read_images
+from server.images import APIError, Limits, decode_all, image_size, read_images
 from server.openapi import NPY, SAFETENSORS, document
 
 bp = Blueprint("api", __name__)
@@ -34,8 +35,8 @@ def _flag(name: str) -> bool:
     raise APIError(400, "bad_parameter", f"query parameter {name}={raw!r} must be true or false")
 
 
-def _run(needs: frozenset[str]) -> tuple[dict, int]:
-    """Read, decode and embed the request's images; returns (rows by need, image count)."""
+def _run(needs: frozenset[str]) -> tuple[dict, int, list[tuple[int, int]]]:
+    """Read, decode and embed the request's images; returns (rows by need, image count, each image's (H, W))."""
     service = _service()
     cfg = service.cfg
     if not service.ready.is_set():
@@ -47,6 +48,7 @@ def _run(needs: frozenset[str]) -> tuple[dict, int]:
         files = [(name, f.read()) for name, f in request.files.items(multi=True)] if multipart else None
         encoded = read_images(request.content_type, request.get_data(cache=False), files, limits)
         images = decode_all(encoded, service.runner.size, limits)
+        sizes = [image_size(data) for data in encoded]
         job = service.batcher.submit(Job(images, needs))
     except QueueFull as e:
         raise APIError(503, "queue_full", f"server busy: {e}", {"Retry-After": str(cfg.retry_after_s)}) from e
@@ -55,7 +57,7 @@ def _run(needs: frozenset[str]) -> tuple[dict, int]:
     finally:
         service.batcher.expect(-1)
     try:
-        return job.wait(cfg.request_timeout_s), job.n
+        return job.wait(cfg.request_timeout_s), job.n, sizes
     except TimeoutError as e:
         raise APIError(
             503, "timeout", f"images not embedded in time: {e}", {"Retry-After": str(cfg.retry_after_s)}
@@ -77,7 +79,7 @@ def embed() -> Response:
             raise APIError(406, "not_acceptable", f"can answer application/json, {NPY} or {SAFETENSORS}")
         if kind == NPY and tokens:
             raise APIError(406, "not_acceptable", f"{NPY} holds one array; ask for {SAFETENSORS} to get tokens too")
-    rows, n = _run(frozenset({"pooled", "tokens"} if tokens else {"pooled"}))
+    rows, n, _ = _run(frozenset({"pooled", "tokens"} if tokens else {"pooled"}))
     encoder_id = _service().runner.encoder_id
     pooled = rows["pooled"]  # (n, D)
     if kind == NPY:
@@ -115,9 +117,12 @@ def predict() -> Response:
         names.append(name)
     if not names:
         raise APIError(404, "unknown_head", "this server has no heads loaded")
-    rows, n = _run(frozenset(f"head:{name}" for name in names))
+    rows, n, sizes = _run(frozenset(f"head:{name}" for name in names))
     encoder_id = _service().runner.encoder_id
-    results = [{"name": name, "id": heads[name].id, "outputs": rows[f"head:{name}"]} for name in names]
+    results = []
+    for name in names:  # each head's task turns its raw outputs into answers, boxes in each image's own pixels
+        outputs = heads[name].task.decode(torch.from_numpy(rows[f"head:{name}"]), sizes)
+        results.append({"name": name, "id": heads[name].id, "task": heads[name].task.name, "outputs": outputs})
     resp = jsonify({"encoder": encoder_id, "count": n, "heads": results})
     resp.headers[ENCODER_HEADER] = encoder_id
     return resp

@@ -1,7 +1,9 @@
 """The model side of the server: one encoder (+ its heads) on one device, run on uint8 batches by the batcher.
 
-One encoder pass per batch serves every request in it: pooled vectors, the final token grid, token grids of earlier
-blocks, and the outputs of the heads, computed only for what some request of the batch needs. Shapes: B batch,
+One encoder pass per batch serves every request in it: the feature tables some request or head needs (named as in
+`store.recipe`: `pooled`, `tokens`, `tokens.<i>`, computed by `ViT.tables` exactly as `fth embed` stores them), and
+the raw outputs of the heads. Heads are `heads.artifact.TrainedHead`s, loaded (and refused when fitted on another
+encoder) by `heads.artifact.load_heads`; their answers are decoded per request by their task. Shapes: B batch,
 N = gh * gw patch tokens, D width.
 """
 
@@ -18,8 +20,8 @@ import torch
 
 from encoder.checkpoint import load_encoder
 from encoder.preprocess import normalize
+from heads.artifact import TrainedHead, load_heads
 from server.config import ServeConfig
-from server.heads import ServedHead, load_heads
 from store.artifacts import Registry
 from store.paths import Workspace
 
@@ -52,7 +54,7 @@ class Runner:
             self.model, self.card = load_encoder(ref, registry, cfg.device)
         self.device = torch.device(cfg.device)
         self.size: tuple[int, int] = tuple(self.model.cfg.img_size)
-        self.heads: dict[str, ServedHead] = load_heads(registry, self.card.id, cfg.heads, cfg.auto_heads, cfg.device)
+        self.heads: dict[str, TrainedHead] = load_heads(registry, self.card.id, cfg.heads, cfg.auto_heads, cfg.device)
         log.info("encoder %s on %s, input %s, heads: %s", self.card.id, cfg.device, self.size, sorted(self.heads))
 
     @property
@@ -69,28 +71,13 @@ class Runner:
 
     @torch.inference_mode()
     def run(self, images: np.ndarray, needs: frozenset[str]) -> dict[str, Any]:
-        """images: (B, H, W, 3) uint8 -> {need: B rows}; `pooled` (B, D), `tokens` / `layer:i` (B, gh, gw, D) float32
-        arrays, `head:<name>` a list of B JSON values."""
-        model = self.model
-        x = normalize(torch.from_numpy(images).to(self.device), model.cfg)  # (B, 3, H, W)
+        """images: (B, H, W, 3) uint8 -> {need: B rows}: feature tables (`pooled` (B, D), `tokens[.i]` (B, gh, gw, D))
+        as float32 arrays, and `head:<name>` the head's raw outputs (B, ...) as a float32 array."""
+        x = normalize(torch.from_numpy(images).to(self.device), self.model.cfg)  # (B, 3, H, W)
         heads = [self.heads[n.split(":", 1)[1]] for n in needs if n.startswith("head:")]
-        features = {n for n in needs if not n.startswith("head:")}.union(*(h.features for h in heads))
-        layers = sorted({int(f.split(":", 1)[1]) for f in features if f.startswith("layer:")})
-        tokens, (gh, gw) = model.patch_tokens(x)
-        final, taps = model.run_blocks(model.with_cls(tokens), layers)  # (B, 1 + N, D)
-        b, d = final.shape[0], final.shape[-1]
-
-        def grid(t: torch.Tensor) -> torch.Tensor:
-            return t[:, 1:].reshape(b, gh, gw, d)  # (B, gh, gw, D)
-
-        feats: dict[str, torch.Tensor] = {}
-        if "pooled" in features:
-            feats["pooled"] = final[:, 0] if model.cfg.pool == "cls" else final[:, 1:].mean(dim=1)  # (B, D)
-        if "tokens" in features:
-            feats["tokens"] = grid(final)
-        for i, t in zip(layers, taps, strict=True):
-            feats[f"layer:{i}"] = grid(t)
+        tables = {n for n in needs if not n.startswith("head:")}.union(*(h.recipe.tables() for h in heads))
+        feats = self.model.tables(x, sorted(tables))
         out: dict[str, Any] = {k: v.float().cpu().numpy() for k, v in feats.items() if k in needs}
         for head in heads:
-            out[f"head:{head.name}"] = head.predict(feats)  # B JSON values
+            out[f"head:{head.name}"] = head.outputs(head.recipe.assemble(feats)).float().cpu().numpy()
         return out

@@ -4,9 +4,9 @@
     <workspace>/embeddings/<encoder id>/<table>/<writer>-<k>.npy     (shard_rows, *row_shape) float16, NumPy .npy
     <workspace>/embeddings/<encoder id>/<table>/<writer>.index       lines "<frame id>\t<shard file>\t<row>\n"
 
-A table is `pooled` ((D,) vectors for every frame) or `tokens` / `tokens.<layer>` ((gh, gw, D) grids for the frames
-that need them). Each writer (one per rank of `fth embed`) owns its shard files and its index file, so ranks never
-contend. A batch is written into the memory-mapped shard and flushed before its index lines are appended and
+A table is named by `store.recipe.table_name`: `pooled` ((D,) vectors for every frame) or `tokens` / `tokens.<layer>`
+((gh, gw, D) grids for the frames that need them). Each writer (one per rank of `fth embed`) owns its shard files and
+its index file, so ranks never contend. A batch is written into the memory-mapped shard and flushed before its index lines are appended and
 fsynced: after a crash, every indexed row holds its vector, and unindexed rows are simply embedded again. Shards
 are the .npy format (NEP 1), so `np.load(path, mmap_mode="r")` reads them without this module.
 """
@@ -23,13 +23,6 @@ import numpy as np
 from store.fsutil import atomic_write
 
 DTYPE = np.float16
-
-
-def table_name(kind: str, layer: int | None = None) -> str:
-    """`pooled`, `tokens` (final layer) or `tokens.<layer>` for an earlier block's grid."""
-    if kind == "pooled":
-        return "pooled"
-    return "tokens" if layer in (None, -1) else f"tokens.{layer}"
 
 
 class TableWriter:
@@ -159,18 +152,24 @@ class EmbeddingStore:
         return self._shards[path]
 
     def get(self, ids: Sequence[str], table: str = "pooled") -> np.ndarray:
-        """(n, *row_shape) float16 rows for `ids` in order; KeyError naming the first id not stored."""
+        """(n, *row_shape) float16 rows for `ids` in order; KeyError naming the first id not stored.
+
+        One index read, then one fancy-indexed copy per shard file (not one per row)."""
         index = self.index(table)
-        rows = []
-        for frame_id in ids:
-            if frame_id not in index:
-                raise KeyError(f"frame {frame_id} has no {table} row for encoder {self.encoder_id}")
+        missing = next((i for i in ids if i not in index), None)
+        if missing is not None:
+            raise KeyError(f"frame {missing} has no {table} row for encoder {self.encoder_id}")
+        meta = json.loads((self.folder / table / "meta.json").read_text())
+        out = np.empty((len(ids), *meta["row_shape"]), DTYPE)
+        by_shard: dict[str, tuple[list[int], list[int]]] = {}
+        for pos, frame_id in enumerate(ids):
             shard, row = index[frame_id]
-            rows.append(self._shard(table, shard)[row])
-        if not rows:
-            meta = json.loads((self.folder / table / "meta.json").read_text())
-            return np.zeros((0, *meta["row_shape"]), DTYPE)
-        return np.stack(rows)
+            dest, rows = by_shard.setdefault(shard, ([], []))
+            dest.append(pos)
+            rows.append(row)
+        for shard, (dest, rows) in by_shard.items():
+            out[np.asarray(dest)] = self._shard(table, shard)[np.asarray(rows)]
+        return out
 
     def all(self, table: str = "pooled") -> tuple[list[str], np.ndarray]:
         """Every stored frame id (sorted) and its rows."""

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from store.embeddings import EmbeddingStore, table_name
+from store.embeddings import EmbeddingStore
+from store.recipe import table_name
 
 
 def test_round_trip_across_writers_shards_and_reopen(tmp_path):
@@ -34,8 +35,8 @@ def test_round_trip_across_writers_shards_and_reopen(tmp_path):
 def test_token_tables_and_torn_index_line(tmp_path):
     store = EmbeddingStore(tmp_path, "encoder-abc")
     grids = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
-    store.writer(table_name("tokens", -1), (3, 4, 5)).append(["a", "b"], grids)
-    store.writer(table_name("tokens", 2), (3, 4, 5)).append(["a"], grids[:1] * 2)
+    store.writer(table_name("grid", -1), (3, 4, 5)).append(["a", "b"], grids)
+    store.writer(table_name("grid", 2), (3, 4, 5)).append(["a"], grids[:1] * 2)
     assert store.tables() == ["tokens", "tokens.2"]
     np.testing.assert_array_equal(store.get(["b", "a"], "tokens"), grids[::-1].astype(np.float16))
     with open(tmp_path / "encoder-abc" / "tokens" / "r0.index", "a") as f:

@@ -10,13 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from heads import synthetic
 from heads.artifact import EncoderMismatchError, load_head, predict, save_head
-from heads.features import FeatureError
 from heads.fit import FitConfig, fit_from_arrays, predict_outputs
-from heads.plots import plot_fit
 from heads.tasks import TaskConfig
 from store.artifacts import Registry
+from store.recipe import FeatureError
+from tests import synthetic_features as synthetic
 
 ENC = "encoder-0123456789abcdef"
 QUICK = dict(batch_size=64, max_steps=20, eval_every=10, threads=1)
@@ -59,11 +58,8 @@ def test_round_trip_predicts_the_same(tmp_path, fits, task):
     if task == "time_of_day":
         hh, mm = preds[0]["time"].split(":")
         assert 0 <= int(hh) < 24 and 0 <= int(mm) < 60 and 0 <= preds[0]["minutes"] < 1440
-    if task in ("depth", "segmentation"):
-        key = task
-        full = predict(head, x[:1], size=y.shape[-2:])[0]
-        assert np.asarray(full[key]).shape == y.shape[-2:] == tuple(full["shape"])
-        assert np.asarray(preds[0][key]).shape[0] == x.shape[1] * 2  # decoder output: one 2x upsampling stage
+    if task in ("depth", "segmentation"):  # maps at the decoder's output size: one 2x upsampling stage
+        assert np.asarray(preds[0][task]).shape == (x.shape[1] * 2, x.shape[2] * 2) == tuple(preds[0]["shape"])
     if task == "segmentation":
         assert preds[0]["classes"] == ["bg", "person", "car"]
 
@@ -83,10 +79,14 @@ def test_head_refuses_another_encoder_and_other_features(tmp_path, fits):
         save_head(result, registry)
 
 
-def test_plots_are_pngs(tmp_path, fits):
+def test_each_task_plots_a_png(tmp_path, fits):
     for task in ("people_count", "time_of_day", "depth", "segmentation"):
         result, (x, y, _) = fits[task]
-        images = [np.full((8, 8, 3), 100, np.uint8)] * len(x) if task == "depth" else None
-        path = plot_fit(result, x, y, tmp_path / "plots", images=images)
+        t = result.task
+        test = result.test_idx
+        out = predict_outputs(result.head, x[test])
+        target = t.targets([y[i] for i in test])
+        images = [np.full((*target.shape[-2:], 3), 100, np.uint8)] * 2 if t.plot_frames() else None
+        path = t.plot(tmp_path / f"{task}.png", out, target, images, f"{task} test")
         with Image.open(path) as im:
-            assert im.format == "PNG" and im.size[0] > 50 and im.size[1] > 50
+            assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 200

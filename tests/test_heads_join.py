@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from heads import synthetic
 from heads.fit import FitConfig
 from heads.join import fit_from_labels, read_features
 from heads.labels import LabelError, LabelSet
 from store.embeddings import EmbeddingStore
+from store.recipe import FeatureRecipe
+from tests import synthetic_features as synthetic
 
 
 def test_fit_from_store_and_labels(tmp_path):
@@ -25,10 +26,10 @@ def test_fit_from_store_and_labels(tmp_path):
     w.close()
     labelled = ids[::2]  # half the frames carry labels, in another order
     labels = LabelSet(labelled[::-1], [float(y[ids.index(i)]) for i in labelled[::-1]])
-    feats, recipe = read_features(store, ids, "grid", layers=(1, -1))
+    feats, recipe = read_features(store, ids, FeatureRecipe("grid", (1, -1)))
     assert feats.shape == (300, 6, 10, 32) and recipe.layers == (1, -1) and recipe.dim == 32
     res = fit_from_labels("people_count", labels, ids, feats, t, FitConfig(max_steps=20, threads=1), recipe)
-    assert len(res.train_idx) + len(res.val_idx) == 150 and res.recipe.layers == (1, -1)
+    assert len(res.split.train) + len(res.split.val) + len(res.split.test) == 150 and res.recipe.layers == (1, -1)
     extra = LabelSet(labels.ids + ["f" * 64, "e" * 64], labels.values + [1.0, 2.0])
     with pytest.raises(LabelError, match="2 of 152 labelled frames have no features: f{64}"):
         fit_from_labels("people_count", extra, ids, feats, t)

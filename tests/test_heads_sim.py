@@ -80,8 +80,8 @@ def fitted(sim):
         "people_count": ["--labels", str(lab / "people.csv"), "--set", "head.hidden=32", *SHORT],
         "time_of_day": ["--labels", "catalog", *SHORT],
         "depth": ["--labels", str(lab / "depth")],
-        # the demo's call: classes.json is one folder up (write_labels' layout); the CLI finds it there
-        "segmentation": ["--labels", str(lab / "segmentation"), "--classes", str(lab / "segmentation/classes.json")],
+        # the masks folder carries its classes.json, the depth folder its depth.json (units): no flags needed
+        "segmentation": ["--labels", str(lab / "segmentation")],
     }
     results = {}
     for task, extra in argv.items():
@@ -99,7 +99,7 @@ def test_people_count_beats_mean_predictor(fitted):
     m, b = doc["metrics"], doc["baseline"]
     # measured: MAE ~0.7 of the mean predictor's on a random-init encoder; margin: at most 0.9x
     assert m["mae"] < 0.9 * b["mae"], (m, b)
-    assert doc["n_train"] == 160 and doc["n_val"] == 40
+    assert (doc["n_train"], doc["n_val"], doc["n_test"]) == (120, 40, 40) and doc["reported_on"] == "test"
 
 
 def test_time_of_day_from_catalog_beats_circular_mean(fitted):

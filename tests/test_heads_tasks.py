@@ -101,7 +101,7 @@ def test_segmentation_miou_per_class_accuracy_and_ignore():
     with pytest.raises(ValueError, match=r"2 pixels with class indices outside 0..2 .*\[3, 7\]"):
         task.targets([np.array([[0, 3], [7, 255]])])
     with pytest.raises(ValueError, match="class list"):
-        make_task(TaskConfig("segmentation", classes=("only",)))
+        make_task(TaskConfig("segmentation", classes=("only",))).targets([np.zeros((2, 2))])
 
 
 def test_segmentation_baseline_is_per_pixel_majority():

@@ -9,15 +9,15 @@ import io
 import numpy as np
 import pytest
 import torch
+from heads.features import FeatureRecipe
 from PIL import Image
+from server.heads import HeadMismatch, load_head
 
 from encoder.preprocess import prepare
 from heads import artifact
-from heads.features import FeatureRecipe
 from heads.models import HeadConfig, build_head
 from heads.tasks import TaskConfig, make_task
 from server.app import create_app
-from server.heads import HeadMismatch, load_head
 from server.testing import tiny_encoder
 from store.artifacts import Registry
 

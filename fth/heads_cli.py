@@ -1,5 +1,9 @@
 """`fth heads`: fit task heads on stored embeddings, list them, export frames to label, predict on images.
 
+It lives in `fth/` because it wires the two halves: `fit` and `export` embed the frames the store lacks with the
+encoder job (`encoder.embed.run_embed`), and `predict` runs the encoder on images; `heads/` itself never imports
+`encoder/`.
+
 fth heads fit --task T --labels PATH|catalog [--format F] [--classes classes.json] [--encoder ID] [--config C]
               [--set k=v] [--workspace W] [--name NAME] [--out DIR] [--features auto|pooled|grid] [--layers -1]
 fth heads list [--workspace W]
@@ -27,12 +31,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     hs = p.add_subparsers(dest="heads_cmd", metavar="ACTION", required=True)
 
     fit = hs.add_parser("fit", help="fit a head on labelled frames' embeddings and register it")
-    fit.add_argument("--task", required=True, choices=["people_count", "time_of_day", "depth", "segmentation"])
+    fit.add_argument("--task", required=True, help="a registered task: people_count, time_of_day, depth, "
+                     "segmentation, detection")  # fmt: skip
     fit.add_argument("--labels", required=True, help="labels file or folder, or `catalog` (time_of_day only)")
-    fit.add_argument("--format", default="auto", choices=["auto", "csv", "coco", "labelstudio", "masks", "depth"])
-    fit.add_argument("--classes", help="class list JSON for masks (default: classes.json beside them or one up)")
+    fit.add_argument("--format", default="auto", help="csv, coco, labelstudio, masks, depth or catalog (default: "
+                     "detected from the path among the formats the task reads)")  # fmt: skip
+    fit.add_argument("--classes", help="class list JSON for masks (default: classes.json inside the masks folder)")
     fit.add_argument("--encoder", default="", help="encoder id (default: the newest registered)")
-    add_config_args(fit)
+    add_config_args(fit, shown="the task's preset: configs/heads.yaml for scalar tasks, heads_dense.yaml for maps, "
+                    "heads_detect.yaml for boxes")  # fmt: skip
     fit.add_argument("--workspace", default=None, help=WS_HELP)
     fit.add_argument("--name", help="head name the server answers under (default: the task)")
     fit.add_argument("--out", help="plots and metrics.json folder (default: <workspace>/heads/<head id>)")
@@ -41,7 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--layers", default="-1", help="encoder blocks whose grids are read, comma-separated (-1 last)")
     fit.add_argument("--column", help="CSV value column (default: value, or the task's column)")
     fit.add_argument("--time-unit", default="hours", choices=["hours", "minutes", "seconds"])
-    fit.add_argument("--depth-scale", type=float, help="16-bit depth PNG units per metre (default 1000; sim: 100)")
+    fit.add_argument(
+        "--depth-scale", type=float, help="16-bit depth PNG units per metre (default: depth.json there, else 1000 = mm)"
+    )
     fit.add_argument("--max-label-side", type=int, default=320, help="dense labels downsampled to this (nearest)")
     fit.add_argument("--source", help="only frames of this catalog source")
     fit.set_defaults(func=cmd_fit)
@@ -65,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("images", nargs="+", metavar="IMAGE")
     pr.add_argument("--encoder", default="", help="encoder to run (default: the head's own; another is refused)")
     pr.add_argument("--json", action="store_true", help="print full predictions (dense maps included) as JSON lines")
+    pr.add_argument("--max-pixels", type=int, default=50_000_000, help="refuse larger images (decoded pixels)")
     pr.add_argument("--workspace", default=None, help=WS_HELP)
     pr.set_defaults(func=cmd_predict)
 
@@ -73,13 +83,14 @@ def _guard(fn):
     """Wrong input -> one line `fth heads <cmd>: error: ...` on stderr and exit code 2."""
 
     def run(args: argparse.Namespace) -> int:
-        from heads.features import FeatureError
         from heads.labels import LabelError
         from store.artifacts import ArtifactError
+        from store.frame_index import FrameIndexError
+        from store.recipe import FeatureError
 
         try:
             return fn(args)
-        except (LabelError, FeatureError, ArtifactError, ValueError) as e:
+        except (LabelError, FeatureError, ArtifactError, FrameIndexError, ValueError, OSError) as e:
             msg = " ".join(str(e).split())
             print(f"fth heads {args.heads_cmd}: error: {msg}", file=sys.stderr)
             return 2
@@ -99,32 +110,57 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
     return "\n".join(lines)
 
 
+def embed_step(workspace, encoder_id: str):
+    """The embed job as `heads.pipeline`'s `embed(ids, recipe)` step: embeds just those frames' recipe tables."""
+
+    def embed(ids: list[str], recipe) -> int:
+        from encoder.embed import EmbedConfig, run_embed
+        from store.frame_index import FrameIndex
+        from store.paths import Workspace
+        from store.recipe import table_layer
+
+        ws = Workspace.at(workspace)
+        index = FrameIndex(ws.root, ws.catalog)
+        layers = [table_layer(t) for t in recipe.tables() if t != "pooled"]
+        cfg = EmbedConfig(workspace=str(ws.root), encoder=encoder_id, tokens=bool(layers), layers=layers or [-1])
+        run_embed(cfg, [(i, index.path(i)) for i in ids if i in index.by_id], progress=False, token_ids=set(ids))
+        return len(ids)
+
+    return embed
+
+
 @_guard
 def cmd_fit(args: argparse.Namespace) -> int:
-    from heads.pipeline import FitRequest, run_fit
+    from heads.pipeline import FitRequest, newest_encoder, run_fit
+    from store.artifacts import Registry
+    from store.paths import Workspace
+    from store.recipe import parse_layers
 
-    try:
-        layers = tuple(int(v) for v in args.layers.split(","))
-    except ValueError:
-        raise ValueError(f"--layers {args.layers!r}: expected comma-separated block indices, e.g. -3,-1") from None
     req = FitRequest(
         task=args.task, labels=args.labels, format=args.format, classes=args.classes, encoder=args.encoder,
         config=args.config, overrides=args.overrides, workspace=args.workspace, name=args.name, out=args.out,
-        features=args.features, layers=layers, column=args.column, time_unit=args.time_unit,
+        features=args.features, layers=parse_layers(args.layers), column=args.column, time_unit=args.time_unit,
         depth_scale=args.depth_scale, max_label_side=args.max_label_side, source=args.source,
     )  # fmt: skip
-    rep = run_fit(req, report=lambda line: print(line, flush=True))
+    registry = Registry(Workspace.at(args.workspace).artifacts)
+    encoder_id = registry.card(args.encoder).id if args.encoder else newest_encoder(registry)
+    req.encoder = encoder_id
+    rep = run_fit(req, embed=embed_step(args.workspace, encoder_id), report=lambda line: print(line, flush=True))
+    task, s = rep.task, rep.summary
     rows = []
     for key, value in rep.metrics.items():
         base = rep.baseline.get(key)
         if isinstance(value, int | float) and key not in ("n", "pixels"):
             ratio = value / base if isinstance(base, int | float) and base else float("nan")
-            rows.append((key + (" *" if key == rep.primary else ""), value, base, ratio))
-    s = rep.summary
-    print(f"{rep.task} head ({s['head']}, {s['params']} params) on {rep.recipe} of encoder {rep.encoder_id}")
-    print(f"frames: {rep.n_train} train, {rep.n_val} validation (latest by capture time); best step {s['best_step']}, "
-          f"{s['fit_seconds']:.1f}s")  # fmt: skip
+            rows.append((key + (" *" if key == task.primary else ""), value, base, ratio))
+    print(f"{task.name} head ({s['head']}, {s['params']} params) on {rep.recipe} of encoder {rep.encoder_id}")
+    print(f"frames: {s['split']}")
+    print(f"best step {s['best_step']} of {s['max_steps']} (chosen on validation), {s['fit_seconds']:.1f}s; "
+          f"metrics on the {s['reported_on']} frames (* = primary, "
+          f"{'higher' if task.higher_is_better else 'lower'} is better)")  # fmt: skip
     print(_table(("metric", "head", "baseline", "head/baseline"), rows))
+    for note in s["notes"]:
+        print(f"note: {note}")
     print(f"plots and metrics.json: {rep.out}")
     print(f"head: {rep.head_id}")
     return 0
@@ -137,9 +173,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     rows = []
     for card in Registry(Workspace.at(args.workspace).artifacts).list("head"):
-        m, task = card.metrics, card.config.get("task", {}).get("name", card.config.get("type", "?"))
-        primary = next((k for k in ("mae", "mae_minutes", "absrel", "miou") if k in m.get("val", {})), None)
-        metric = f"{primary} {_fmt(m['val'][primary])} vs {_fmt(m['baseline'][primary])}" if primary else "-"
+        m, task = card.metrics, card.config.get("task", {}).get("name", "?")
+        primary, held = m.get("primary"), m.get("test", {})
+        metric = f"{primary} {_fmt(held.get(primary))} vs {_fmt(m['baseline'].get(primary))}" if primary else "-"
         rows.append((card.id, card.name or "", task, card.parents.get("encoder", "?"), metric,
                      m.get("features", "-"), card.created))  # fmt: skip
     if not rows:
@@ -151,14 +187,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_export(args: argparse.Namespace) -> int:
-    from heads.pipeline import CatalogIndex, ensure_embedded, newest_encoder
+    from heads.pipeline import missing_features, newest_encoder
     from heads.select import export_batch
     from store.artifacts import Registry
     from store.embeddings import EmbeddingStore
+    from store.frame_index import FrameIndex
     from store.paths import Workspace
+    from store.recipe import FeatureRecipe
 
     ws = Workspace.at(args.workspace)
-    cat = CatalogIndex(ws.root, ws.catalog, args.source)
+    cat = FrameIndex(ws.root, ws.catalog, args.source)
     ids, paths = [r.id for r in cat.rows], [r.path for r in cat.rows]
     if not ids:
         raise ValueError(f"no frames in the catalog{' for source ' + args.source if args.source else ''}")
@@ -166,7 +204,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.method == "kcenter":
         registry = Registry(ws.artifacts)
         encoder_id = registry.card(args.encoder).id if args.encoder else newest_encoder(registry)
-        ensure_embedded(ws, encoder_id, cat, ids, "pooled", (-1,), report=lambda line: print(line, flush=True))
+        recipe = FeatureRecipe("pooled")
+        missing = missing_features(EmbeddingStore(ws.embeddings, encoder_id), ids, recipe)
+        if missing:
+            print(f"embedding {len(missing)} frames that have no pooled features yet (encoder {encoder_id})")
+            embed_step(args.workspace, encoder_id)(missing, recipe)
         embeddings = EmbeddingStore(ws.embeddings, encoder_id).get(ids, "pooled")
     chosen = export_batch(args.out, ids, paths, args.count, args.method, embeddings, seed=args.seed)
     how = f"k-center over {encoder_id} pooled embeddings" if encoder_id else "at random"
@@ -176,15 +218,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
+    import io
+    from pathlib import Path
+
     import torch
     from PIL import Image
 
     from encoder.checkpoint import load_encoder
-    from encoder.embed import features
-    from encoder.preprocess import to_array
+    from encoder.preprocess import normalize
     from heads.artifact import load_head, predict
-    from heads.join import tables_for
+    from server.images import APIError, Limits, decode
     from store.artifacts import Registry
     from store.paths import Workspace
 
@@ -193,28 +236,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     encoder_id = registry.card(args.encoder).id if args.encoder else card.parents.get("encoder", "")
     head = load_head(card.id, registry, encoder_id)  # refuses a head of another encoder
     model, _ = load_encoder(encoder_id, registry)
-    recipe = head.recipe
-    layers = list(recipe.layers) if recipe.form == "grid" else []
+    size = tuple(model.cfg.img_size)
     for path in args.images:
-        with Image.open(path) as im:
-            size = (im.height, im.width)
-            arr = to_array(im, tuple(model.cfg.img_size))
-        feats = features(model, arr[None], layers, "cpu")
-        parts = [feats["pooled"]] if recipe.form == "pooled" else [feats[t] for t in tables_for("grid", recipe.layers)]
-        x = torch.from_numpy(np.concatenate(parts, axis=-1))
-        out = predict(head, x, size=size if head.task.dense else None)[0]
+        data = Path(path).read_bytes()
+        try:  # the server's own checks: empty, truncated, not an image, or too many pixels are one-line errors
+            arr = decode(data, size, Limits(1, args.max_pixels), label=path)
+        except APIError as e:
+            raise ValueError(e.message) from None
+        with Image.open(io.BytesIO(data)) as im:
+            hw = (im.height, im.width)
+        with torch.inference_mode():
+            x = normalize(torch.from_numpy(arr[None].copy()), model.cfg)  # (1, 3, H, W)
+            feats = head.recipe.assemble(model.tables(x, head.recipe.tables()))
+        answer = predict(head, feats, sizes=[hw])[0]
         if args.json:
-            print(json.dumps({"image": path, "head": card.id, **out}))
-        elif "count" in out:
-            print(f"{path}  count {out['count']:.2f}")
-        elif "time" in out:
-            print(f"{path}  time {out['time']}")
-        elif "depth" in out:
-            d = np.asarray(out["depth"])
-            print(f"{path}  depth {d.shape[0]}x{d.shape[1]} m: min {d.min():.2f} median {np.median(d):.2f} "
-                  f"max {d.max():.2f}")  # fmt: skip
+            print(json.dumps({"image": path, "head": card.id, **answer}))
         else:
-            seg = np.asarray(out["segmentation"])
-            frac = {c: round(float((seg == k).mean()), 3) for k, c in enumerate(out["classes"])}
-            print(f"{path}  segmentation {seg.shape[0]}x{seg.shape[1]}: {frac}")
+            print(f"{path}  {head.task.describe(answer)}")
     return 0

@@ -1,0 +1,87 @@
+"""The catalog's visible frames in capture order, indexed for joins: by our frame id, relative path and file stem.
+
+Built once per command in O(N) (one pass over the catalog, three dicts); each lookup is O(1), so joining L labels to
+N frames costs O(N + L). `resolve` is the one place a label's key (a frame id, a path absolute or relative to the
+workspace, or a catalog file's stem) becomes our frame id.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from store.catalog import Catalog, FrameRow
+
+HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class FrameIndexError(ValueError):
+    """No catalog where one was expected."""
+
+
+class FrameIndex:
+    """Visible frames of a workspace's catalog (optionally one source), with O(1) lookups.
+
+    Args:
+        root: the workspace (frame paths are relative to it).  db_path: the catalog file.  source: only this source.
+    """
+
+    def __init__(self, root: str | Path, db_path: str | Path, source: str | None = None):
+        if not Path(db_path).exists():
+            raise FrameIndexError(f"no frame catalog at {db_path} (collect frames first, or pass --workspace)")
+        self.root = Path(root)
+        self._root_resolved = self.root.resolve()
+        with Catalog(root, db_path=db_path, recover=False) as cat:
+            self.rows: list[FrameRow] = list(cat.iter_frames(source))
+        self.by_id = {r.id: r for r in self.rows}
+        self.position = {r.id: i for i, r in enumerate(self.rows)}
+        self.by_path = {r.path: r.id for r in self.rows}
+        self.by_stem = {Path(r.path).stem: r.id for r in self.rows}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def resolve(self, key: str) -> str | None:
+        """A frame id, a path (absolute or relative to the workspace) or a file stem -> our frame id, else None.
+
+        A file named by a 64-hex id the catalog does not know resolves to that id, so the caller's check reports it as
+        an unknown frame (with counts) rather than as an unresolvable path."""
+        key = str(key)
+        if key in self.by_id:
+            return key
+        if key in self.by_path:
+            return self.by_path[key]
+        path = Path(key)
+        if path.is_absolute():
+            try:
+                rel = path.resolve().relative_to(self._root_resolved).as_posix()
+                if rel in self.by_path:
+                    return self.by_path[rel]
+            except ValueError:
+                pass
+        stem = path.stem
+        if stem in self.by_id:
+            return stem
+        if stem in self.by_stem:
+            return self.by_stem[stem]
+        return stem if HEX64.fullmatch(stem) else None
+
+    def in_capture_order(self, ids: list[str]) -> list[str]:
+        """`ids` that the catalog holds, sorted by capture order (O(L log L))."""
+        return sorted((i for i in set(ids) if i in self.position), key=self.position.__getitem__)
+
+    def size(self, frame_id: str) -> tuple[int, int] | None:
+        row = self.by_id.get(frame_id)
+        return (row.height, row.width) if row else None
+
+    def path(self, frame_id: str) -> Path:
+        return self.root / self.by_id[frame_id].path
+
+    def image(self, frame_id: str, hw: tuple[int, int]) -> np.ndarray:
+        """The frame as (H, W, 3) uint8 at `hw` (for plots)."""
+        from PIL import Image
+
+        with Image.open(self.path(frame_id)) as im:
+            return np.asarray(im.convert("RGB").resize((hw[1], hw[0]), Image.BILINEAR))
