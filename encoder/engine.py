@@ -201,7 +201,14 @@ class Trainer:
     # -- one step -------------------------------------------------------------------------------------------------
 
     def to_input(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """A collated batch -> normalised images (B, 3, H, W) and mask noise (B, N) on the device."""
+        """A collated batch -> normalised images (B, 3, H, W) and mask noise (B, N) on the device.
+
+        A `decode="device"` batch is decoded and augmented here first; its `image` is then kept in the batch (for
+        panels)."""
+        if "image" not in batch:
+            from encoder.decode import device_images
+
+            batch["image"] = device_images(batch, tuple(self.cfg.model.encoder.img_size), self.device)
         images = batch["image"].to(self.device, non_blocking=True)
         return normalize(images, self.cfg.model.encoder), batch["noise"].to(self.device, non_blocking=True)
 
