@@ -324,6 +324,25 @@ class EpochKeys(Sampler[tuple[int, int]]):
         return len(self.sampler)
 
 
+class RunKeys(Sampler[tuple[int, int]]):
+    """`(epoch, index)` keys from batch `start_batch` of `epoch` on, through every later epoch without end: one
+    DataLoader iterator then serves the whole run, and its workers prefetch across epoch boundaries (no stall at
+    an epoch start). Each epoch yields exactly `per_epoch` batches of `batch_size` (the rest is dropped, as
+    `drop_last` does)."""
+
+    def __init__(self, sampler: EpochSampler, epoch: int, start_batch: int, per_epoch: int, batch_size: int):
+        self.sampler, self.epoch, self.start = sampler, epoch, start_batch * batch_size
+        self.stop = per_epoch * batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, start = self.epoch, self.start
+        while True:
+            self.sampler.set_epoch(epoch)
+            for i in self.sampler.rank_indices()[start : self.stop].tolist():
+                yield epoch, i
+            epoch, start = epoch + 1, 0
+
+
 def auto_workers() -> int:
     """Loader workers for one rank: the cores this process may use, shared by the node's local ranks, less one for
     the training loop itself (at least 1)."""
@@ -396,3 +415,13 @@ class FrameData:
                 collate_fn=collate,
             )
         return self.loader
+
+    def run_batches(self, epoch: int, start_batch: int, per_epoch: int) -> Iterator[dict[str, Any]]:
+        """Batches from `start_batch` of `epoch` on, `per_epoch` per epoch, through all later epochs (see
+        `RunKeys`): what the training loop consumes."""
+        keys = RunKeys(EpochSampler(self.sampler.n, self.sampler.world, self.sampler.rank, self.sampler.seed),
+                       epoch, start_batch, per_epoch, self.batch_size)  # fmt: skip
+        loader = make_loader(
+            self.dataset, self.cfg, self.device_type, batch_size=self.batch_size, sampler=keys, collate_fn=collate
+        )
+        return iter(loader)

@@ -183,7 +183,10 @@ class ShardDataset(Dataset):
         return stream
 
     def batches_per_epoch(self) -> int:
-        return min(len(self._stream(r)) for r in range(self.world)) // self.batch_size
+        """The same for every epoch and rank: the frames of the `len(shards) // world` smallest shards (the least a
+        rank can draw) in whole batches."""
+        counts = sorted(s["count"] for s in self.shards)
+        return sum(counts[: len(self.shards) // self.world]) // self.batch_size
 
     def __len__(self) -> int:
         return self.batches_per_epoch() - self.start_batch
@@ -222,6 +225,20 @@ class ShardDataset(Dataset):
                 continue
             return {**sample, "id": meta["id"], "skipped": len(bad), "bad": bad}
         raise RuntimeError(f"{self.cfg.max_skip + 1} frames in a row are unreadable near stream position {pos}")
+
+
+class RunBatchKeys(Sampler[tuple[int, int]]):
+    """`(epoch, batch)` from `start_batch` of `epoch` on, `per_epoch` batches per epoch, through every later epoch
+    (as `encoder.data.RunKeys`: one loader iterator for the whole run, prefetching across epoch boundaries)."""
+
+    def __init__(self, epoch: int, start_batch: int, per_epoch: int):
+        self.epoch, self.start, self.per_epoch = epoch, start_batch, per_epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, start = self.epoch, self.start
+        while True:
+            yield from ((epoch, b) for b in range(start, self.per_epoch))
+            epoch, start = epoch + 1, 0
 
 
 class BatchKeys(Sampler[tuple[int, int]]):
@@ -285,6 +302,11 @@ class ShardData:
             keys = BatchKeys(self.dataset)
             self.loader = make_loader(self.dataset, self.cfg, self.device_type, batch_size=None, sampler=keys)
         return self.loader
+
+    def run_batches(self, epoch: int, start_batch: int, per_epoch: int) -> Iterator[dict[str, Any]]:
+        """Batches from `start_batch` of `epoch` on through all later epochs (see `RunBatchKeys`)."""
+        keys = RunBatchKeys(epoch, start_batch, per_epoch)
+        return iter(make_loader(self.dataset, self.cfg, self.device_type, batch_size=None, sampler=keys))
 
 
 def shard_data(

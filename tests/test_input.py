@@ -88,6 +88,27 @@ def test_persistent_workers_match_fresh_workers_every_epoch(frames):
         assert same(batches(loader), batches(fresh.epoch_batches(epoch, start)))
 
 
+def test_the_run_long_stream_is_the_epochs_back_to_back(frames, tmp_path):
+    """What the training loop consumes: one iterator from (epoch 1, batch 2) on, equal to the per-epoch loaders."""
+    records = catalog_records(DataConfig(workspace=str(frames)))
+    fresh = FrameData(records, SIZE, 60, DataConfig(num_workers=0), 5, batch_size=4)
+    run_long = FrameData(records, SIZE, 60, DataConfig(num_workers=2), 5, batch_size=4)
+    per_epoch = fresh.batches_per_epoch()
+    expected = batches(fresh.epoch_batches(1, 2)) + batches(fresh.epoch_batches(2)) + batches(fresh.epoch_batches(3))
+    stream = run_long.run_batches(1, 2, per_epoch)
+    assert same(batches(next(stream) for _ in expected), expected)
+
+    out = tmp_path / "shards"
+    run([PYTHON, "-m", "fth", "shards", "export", str(out), "--workspace", str(frames), "--per-shard", "4"])
+    ref = shard_data(out, SIZE, 60, DataConfig(num_workers=0), 0, 2, world=2, rank=1)
+    two = shard_data(out, SIZE, 60, DataConfig(num_workers=2), 0, 2, world=2, rank=1)
+    per_epoch = ref.batches_per_epoch()
+    assert per_epoch == 3  # shards of 4, 4, 4, 3 (the garbage frame kept as bytes): two smallest = 7 frames
+    expected = batches(ref.epoch_batches(0, 1)) + batches(ref.epoch_batches(1))
+    stream = two.run_batches(0, 1, per_epoch)
+    assert same(batches(next(stream) for _ in expected), expected)
+
+
 def test_auto_workers_share_the_cores_among_local_ranks(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(32)))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
