@@ -343,10 +343,22 @@ class RunKeys(Sampler[tuple[int, int]]):
             epoch, start = epoch + 1, 0
 
 
+def usable_cores() -> int:
+    """CPU cores this process may use: its affinity set, capped by a cgroup v2 CPU quota (containers)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
 def auto_workers() -> int:
     """Loader workers for one rank: the cores this process may use, shared by the node's local ranks, less one for
     the training loop itself (at least 1)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return max(1, cores // max(1, local) - 1)
 

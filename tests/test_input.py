@@ -110,7 +110,7 @@ def test_the_run_long_stream_is_the_epochs_back_to_back(frames, tmp_path):
 
 
 def test_auto_workers_share_the_cores_among_local_ranks(monkeypatch):
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(32)))
+    monkeypatch.setattr("encoder.data.usable_cores", lambda: 32)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert auto_workers() == 3
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
