@@ -33,7 +33,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from encoder.data import BAD_IMAGE, FrameRecord, collate, decode_place, frame_digest, make_loader, make_sample
+from encoder.data import BAD_IMAGE, FrameRecord, collate, decode_place, frame_digest, make_sample
+from encoder.loader import make_loader
 from encoder.train_config import DataConfig
 from store.fsutil import atomic_write
 

@@ -15,8 +15,9 @@ from test_train_support import PYTHON, frame_bytes, run
 
 from encoder.attention import bind_crossover, crossover_for
 from encoder.config import AttentionConfig, MAEConfig
-from encoder.data import FrameData, auto_workers, catalog_records, collate, make_sample
+from encoder.data import FrameData, catalog_records, collate, make_sample
 from encoder.decode import device_images
+from encoder.loader import auto_workers
 from encoder.mae import MAE
 from encoder.shards import ShardData, shard_data
 from encoder.train_config import DataConfig
@@ -110,7 +111,7 @@ def test_the_run_long_stream_is_the_epochs_back_to_back(frames, tmp_path):
 
 
 def test_auto_workers_share_the_cores_among_local_ranks(monkeypatch):
-    monkeypatch.setattr("encoder.data.usable_cores", lambda: 32)
+    monkeypatch.setattr("encoder.loader.usable_cores", lambda: 32)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert auto_workers() == 3
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
