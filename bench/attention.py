@@ -80,9 +80,10 @@ def main() -> int:
 
     import torch
 
+    from encoder.attention import crossover_for
     from encoder.config import AttentionConfig
 
-    crossover = args.crossover or AttentionConfig().crossover
+    crossover = args.crossover or crossover_for(AttentionConfig(), torch.device("cpu"))
     layers = {b: build(b, crossover, args) for b in BACKENDS}
     rows = []
     for n in args.lengths:

@@ -31,13 +31,21 @@ log = logging.getLogger("bench.encoder")
 PEAK_BF16 = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
 
 
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def vit_flops(cfg, h: int, w: int) -> float:
     """FLOPs of one image through `ViT.embed` (or timm's equivalent) at (h, w), as executed."""
     p, d, a = cfg.patch_size, cfg.dim, cfg.attention
     inner, hidden = cfg.heads * cfg.dim_head, int(d * cfg.mlp_ratio)
     n = (h // p) * (w // p)
     t = n + 1  # cls
-    backend = a.backend if a.backend != "auto" else ("exact" if t < a.crossover else "nystrom")
+    from encoder.attention import crossover_for
+
+    backend = a.backend if a.backend != "auto" else ("exact" if t < crossover_for(a, _device()) else "nystrom")
     flops = 2 * n * (cfg.in_chans * p * p) * d  # patch embed
     if backend == "exact":
         tp = t

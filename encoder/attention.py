@@ -13,9 +13,18 @@ tested equal to it for a single sample) with two fixes:
 - its identity matrix is float32, so a bfloat16 model failed; here the pseudo-inverse always runs in float32.
 The keep-mask is always applied, so the zero pads take no attention weight (without it they do: measured 16%
 relative change at 73 tokens with 256 landmarks).
+
+`auto`'s crossover is per device: `cfg.crossover` when set (> 0), else the entry for the device's name in
+`crossovers.json` beside this file (`cpu` for any CPU; GPU entries are written by `bench/gpu.py --save-crossover`),
+else the CPU entry with a warning. A module resolves it once, on its first forward or by `bind_crossover`, and keeps
+it, so a run never switches backend mid-way (its numbers stay reproducible).
 """
 
 from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +33,38 @@ from nystrom_attention import NystromAttention
 from torch import nn
 
 from encoder.config import AttentionConfig
+
+log = logging.getLogger(__name__)
+CROSSOVERS = Path(__file__).with_name("crossovers.json")
+
+
+def device_name(device: torch.device) -> str:
+    """`cpu` for any CPU, else the CUDA device's name (the key of `crossovers.json`)."""
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def crossover_for(cfg: AttentionConfig, device: torch.device) -> int:
+    """The token count (cls included) where `auto` switches from exact to Nystrom on `device`."""
+    if cfg.crossover > 0:
+        return cfg.crossover
+    table = json.loads(CROSSOVERS.read_text())
+    name = device_name(device)
+    if name not in table:
+        log.warning(
+            "no measured attention crossover for %s in %s: using the CPU value %d (run bench/gpu.py --save-crossover)",
+            name, CROSSOVERS, table["cpu"]["crossover"],
+        )  # fmt: skip
+        name = "cpu"
+    return int(table[name]["crossover"])
+
+
+def bind_crossover(model: nn.Module, device: torch.device) -> None:
+    """Resolve every `Attention`'s crossover for `device` now (before `torch.compile`, which should not trace the
+    table look-up)."""
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.crossover = crossover_for(module.cfg, device)
 
 
 def iterative_pinv(a: torch.Tensor, iters: int) -> torch.Tensor:
@@ -73,16 +114,19 @@ class Attention(nn.Module):
         )
         if qkv_bias:
             self.nystrom.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=True)
+        self.crossover: int | None = None  # `auto`'s switch point, resolved for a device once (`crossover_for`)
 
-    def backend_for(self, n: int) -> str:
-        """The backend used for a sequence of `n` tokens (cls included)."""
-        if self.cfg.backend == "auto":
-            return "exact" if n < self.cfg.crossover else "nystrom"
-        return self.cfg.backend
+    def backend_for(self, n: int, device: torch.device | None = None) -> str:
+        """The backend used for a sequence of `n` tokens (cls included) on `device` (default: CPU)."""
+        if self.cfg.backend != "auto":
+            return self.cfg.backend
+        if self.crossover is None:
+            self.crossover = crossover_for(self.cfg, device if device is not None else torch.device("cpu"))
+        return "exact" if n < self.crossover else "nystrom"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, N, D) -> (B, N, D)."""
-        if self.backend_for(x.shape[1]) == "exact":
+        if self.backend_for(x.shape[1], x.device) == "exact":
             return self.forward_exact(x)
         return self.forward_nystrom(x)
 

@@ -40,7 +40,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     export.add_argument("--include-duplicates", action="store_true", help="keep near-duplicate frames")
     export.add_argument("--include-stale", action="store_true", help="keep frozen-stream frames")
+    export.add_argument(
+        "--size",
+        type=_size,
+        default=None,
+        metavar="HxW",
+        help="store frames re-encoded at training resolution: scaled (aspect kept) to cover HxW, e.g. 576x960 "
+        "(default: the original bytes)",
+    )
+    export.add_argument("--quality", type=int, default=90, help="JPEG quality with --size (default 90)")
     export.set_defaults(func=_shards_export)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not HxW, e.g. 576x960") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be positive")
+    return h, w
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -103,8 +122,14 @@ def _shards_export(args: argparse.Namespace) -> int:
         include_duplicates=args.include_duplicates,
         include_stale=args.include_stale,
     )
-    index = export_shards(catalog_records(cfg), args.out, args.per_shard, args.seed)
-    print(f"{index['count']} frames in {len(index['shards'])} shards -> {args.out}  ({index['digest']})")
+    if not 1 <= args.quality <= 100:
+        print("fth shards export: --quality must be in 1..100", file=sys.stderr)
+        return 2
+    index = export_shards(catalog_records(cfg), args.out, args.per_shard, args.seed, args.size, args.quality)
+    at = f" at {args.size[0]}x{args.size[1]} (cover, q{args.quality})" if args.size else ""
+    print(f"{index['count']} frames in {len(index['shards'])} shards{at} -> {args.out}  ({index['digest']})")
     if index["missing"]:
         print(f"{index['missing']} catalog frames had no file and were left out")
+    if index["unreadable"]:
+        print(f"{index['unreadable']} catalog frames did not decode and were left out")
     return 0

@@ -18,13 +18,14 @@ class AttentionConfig:
 
     Args:
         backend: `exact` (torch SDPA), `nystrom` (nystrom-attention with a keep-mask), or `auto`: exact below
-            `crossover` tokens, Nystrom at or above it (default from `bench/attention.py` on this machine).
+            the crossover, Nystrom at or above it.
         num_landmarks: Nystrom landmarks m; the sequence is padded to a multiple of m.
         pinv_iterations: iterations of Nystromformer's Moore-Penrose pseudo-inverse.
         value_residual: add Nystromformer's depthwise conv over the values along token order (both backends apply
             it, so `auto` computes the same function on either side of the crossover).
         residual_kernel: length of that conv.
-        crossover: token count (cls included) where `auto` switches from exact to Nystrom.
+        crossover: token count (cls included) where `auto` switches from exact to Nystrom; 0: per device, from
+            `encoder/crossovers.json` (measured by `bench/attention.py` on CPU, `bench/gpu.py` on a GPU).
     """
 
     backend: Backend = "auto"
@@ -32,11 +33,7 @@ class AttentionConfig:
     pinv_iterations: int = 6
     value_residual: bool = True
     residual_kernel: int = 33
-    # bench/attention.py on an idle 2-core CPU, torch 2.15 (width 1024, 10x64 heads, 256 landmarks, batch 1):
-    # Nystrom/exact time = 1.40 at 2160 tokens, 1.15 at 2560, 0.98 at 3072, 1.03 at 3328, 0.97 at 3584, 0.86 at 4096,
-    # 0.50 at 8100. Break-even sits at 3072-3584 (Nystrom cost steps at multiples of 256), so switch at 3072.
-    # (Under heavy CPU contention exact held out longer, to ~5.8k: the crossover is a per-machine setting.)
-    crossover: int = 3072
+    crossover: int = 0
 
 
 @dataclass

@@ -11,11 +11,19 @@ Augmentation follows MAE (He et al. 2021): random resized crop with area scale i
 near the target's (sampled log-uniformly in `crop_ratio` times the target's W/H), then a horizontal flip.
 A frame that is missing or does not decode is skipped: the next frame in index order takes its place (so batch
 shapes never change and DDP ranks stay in step) and the sample carries `skipped = 1` and the bad frame's id.
+
+Two places can decode (`DataConfig.decode`), with the same random draws (`draw_sample`):
+- `pil`: loader workers decode with PIL and crop, resize and flip; a batch carries `image` (B, H, W, 3) uint8.
+- `device`: workers only read the bytes and the JPEG header (the crop box needs the frame size); a batch carries the
+  encoded `frames`, their `box` and `flip`, and `encoder.decode.device_images` decodes, crops, resizes and flips the
+  batch on the training device (nvJPEG on CUDA; the same tensor ops on CPU).
+Samples are keyed `(epoch, index)`, so persistent workers need no per-epoch state: the epoch travels with the key.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,8 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
+from encoder.loader import EpochKeys, EpochSampler, RunKeys, make_loader
 from encoder.train_config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -115,39 +124,85 @@ def crop_box(
     return left, top, left + cw, top + ch
 
 
-def augment(image: Image.Image, rng: np.random.Generator, size: tuple[int, int], cfg: DataConfig) -> np.ndarray:
-    """PIL image -> (H, W, 3) uint8: random resized crop to `size` = (H, W), then maybe a horizontal flip."""
+@dataclass(frozen=True)
+class Draw:
+    """The random choices of one sample: crop box (left, top, right, bottom) in source pixels, flip, mask noise (N,)."""
+
+    box: tuple[int, int, int, int]
+    flip: bool
+    noise: np.ndarray
+
+
+def draw_sample(
+    seed: int, epoch: int, index: int, width: int, height: int, size: tuple[int, int], num_patches: int, cfg: DataConfig
+) -> Draw:
+    """Every random choice of sample `index` of `epoch` for a `width` x `height` frame, from (seed, epoch, index)."""
+    rng = sample_rng(seed, epoch, index)
     h, w = size
-    image = image.convert("RGB")
-    box = crop_box(rng, image.width, image.height, w / h, cfg.crop_scale, cfg.crop_ratio)
-    out = image.resize((w, h), Image.Resampling.BILINEAR, box=box)
-    if rng.random() < 0.5 and cfg.hflip:
+    box = crop_box(rng, width, height, w / h, cfg.crop_scale, cfg.crop_ratio)
+    flip = bool(rng.random() < 0.5 and cfg.hflip)  # always drawn, so the noise does not depend on cfg.hflip
+    noise = rng.random(num_patches, dtype=np.float32)  # (N,)
+    return Draw(box, flip, noise)
+
+
+def augment(image: Image.Image, draw: Draw, size: tuple[int, int]) -> np.ndarray:
+    """PIL image -> (H, W, 3) uint8: `draw`'s crop resized to `size` = (H, W), flipped if drawn."""
+    h, w = size
+    out = image.convert("RGB").resize((w, h), Image.Resampling.BILINEAR, box=draw.box)
+    if draw.flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.array(out, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
 
 
 def make_sample(
-    image: Image.Image, seed: int, epoch: int, index: int, size: tuple[int, int], num_patches: int, cfg: DataConfig
+    data: bytes,
+    seed: int,
+    epoch: int,
+    index: int,
+    size: tuple[int, int],
+    num_patches: int,
+    cfg: DataConfig,
+    decode: str = "pil",
 ) -> dict[str, Any]:
-    """One training sample: augmented image (H, W, 3) uint8 and MAE mask noise (N,), both from (seed, epoch, index)."""
-    rng = sample_rng(seed, epoch, index)
-    pixels = augment(image, rng, size, cfg)
-    noise = rng.random(num_patches, dtype=np.float32)  # (N,)
-    return {"image": torch.from_numpy(pixels), "noise": torch.from_numpy(noise), "index": index}
+    """Encoded frame bytes -> one training sample; raises one of `BAD_IMAGE` when the frame is unreadable.
 
-
-def load_image(path: Path) -> Image.Image:
-    """Open and fully decode an image (a truncated or garbage file raises here, not later)."""
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
+    `decode="pil"`: decoded and augmented here, `image` (H, W, 3) uint8. `decode="device"`: only the header is
+    parsed here, and `frame` is the encoded JPEG as a (bytes,) uint8 tensor (or, for a non-JPEG file, its decoded
+    (3, h, w) uint8 pixels) for `encoder.decode.device_images`. Both carry `box`, `flip`, `noise` (N,) and `index`.
+    """
+    with Image.open(io.BytesIO(data)) as im:
+        width, height = im.size
+        if decode == "pil" or im.format != "JPEG":
+            im.load()  # a truncated or garbage file raises here, not later
+            image = im.convert("RGB")
+    draw = draw_sample(seed, epoch, index, width, height, size, num_patches, cfg)
+    sample: dict[str, Any] = {
+        "noise": torch.from_numpy(draw.noise),
+        "index": index,
+        "box": torch.tensor(draw.box),
+        "flip": draw.flip,
+    }
+    if decode == "pil":
+        sample["image"] = torch.from_numpy(augment(image, draw, size))
+    elif im.format == "JPEG":
+        sample["frame"] = torch.frombuffer(bytearray(data), dtype=torch.uint8)  # (bytes,)
+    else:
+        sample["frame"] = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()  # (3, h, w)
+    return sample
 
 
 BAD_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
+def decode_place(cfg: DataConfig, device_type: str) -> str:
+    """`pil` or `device`: where `cfg.decode` puts JPEG decoding when training on `device_type`."""
+    if cfg.decode == "auto":
+        return "device" if device_type == "cuda" else "pil"
+    return cfg.decode
+
+
 class FrameDataset(Dataset):
-    """Map-style dataset over `FrameRecord`s; call `set_epoch` before each epoch (the augmentation depends on it).
+    """Map-style dataset over `FrameRecord`s, keyed `(epoch, index)` (a bare index uses `set_epoch`'s epoch).
 
     Args:
         records: the frames, in a fixed order (index i is record i).
@@ -155,15 +210,22 @@ class FrameDataset(Dataset):
         num_patches: N, the length of the mask noise per sample.
         cfg: augmentation and skipping settings.
         seed: the run seed.
+        decode: `pil` (decode in the worker) or `device` (ship the encoded frame; see `make_sample`).
     """
 
     def __init__(
-        self, records: Sequence[FrameRecord], size: tuple[int, int], num_patches: int, cfg: DataConfig, seed: int
+        self,
+        records: Sequence[FrameRecord],
+        size: tuple[int, int],
+        num_patches: int,
+        cfg: DataConfig,
+        seed: int,
+        decode: str = "pil",
     ):
         if not records:
             raise ValueError("no frames to train on (check data.sources / since / until)")
         self.records, self.size, self.num_patches = list(records), tuple(size), num_patches
-        self.cfg, self.seed, self.epoch = cfg, seed, 0
+        self.cfg, self.seed, self.epoch, self.decode = cfg, seed, 0, decode
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -171,85 +233,52 @@ class FrameDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         bad: list[str] = []
         for k in range(self.cfg.max_skip + 1):
             record = self.records[(index + k) % len(self.records)]
             try:
-                image = load_image(record.path)
+                data = record.path.read_bytes()
+                sample = make_sample(data, self.seed, epoch, index, self.size, self.num_patches, self.cfg, self.decode)
             except BAD_IMAGE as e:
                 if k == 0:
                     bad.append(record.id)
                     log.warning("skipping unreadable frame %s (%s): %s", record.id[:16], record.path, e)
                 continue
-            sample = make_sample(image, self.seed, self.epoch, index, self.size, self.num_patches, self.cfg)
-            return {**sample, "skipped": len(bad), "bad": bad}
+            return {**sample, "id": record.id, "skipped": len(bad), "bad": bad}
         raise RuntimeError(f"{self.cfg.max_skip + 1} frames in a row from index {index} are unreadable")
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Samples -> batch: images (B, H, W, 3) uint8, noise (B, N), index (B,), skipped count, bad frame ids."""
-    return {
-        "image": torch.stack([s["image"] for s in samples]),
+    """Samples -> batch: noise (B, N), index (B,), box (B, 4), flip (B,) bool, frame ids, skipped count, bad frame
+    ids, and either `image` (B, H, W, 3) uint8 (decoded in the worker) or `frames`, a list of B encoded frames."""
+    batch = {
+        "ids": [s.get("id", "") for s in samples],
         "noise": torch.stack([s["noise"] for s in samples]),
         "index": torch.tensor([s["index"] for s in samples]),
+        "box": torch.stack([s["box"] for s in samples]),
+        "flip": torch.tensor([s["flip"] for s in samples]),
         "skipped": sum(s.get("skipped", 0) for s in samples),
         "bad": [b for s in samples for b in s.get("bad", [])],
     }
-
-
-class EpochSampler(Sampler[int]):
-    """This rank's indices of a seeded per-epoch permutation, optionally starting part-way (for exact resume).
-
-    Like `DistributedSampler`, rank r takes positions r, r + world, ... of the permutation; unlike it, the tail that
-    does not divide by the world size is dropped (never padded), so every rank has the same number of samples.
-
-    Args:
-        n: dataset length.  world, rank: DDP world size and this rank.  seed: the run seed.
-        shuffle: permute per epoch (False: identity order, for inspection).
-    """
-
-    def __init__(self, n: int, world: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True):
-        if n < world:
-            raise ValueError(f"{n} samples cannot be split over {world} ranks")
-        self.n, self.world, self.rank, self.seed, self.shuffle = n, world, rank, seed, shuffle
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Select the epoch, and skip the first `start` of this rank's samples in it."""
-        self.epoch, self.start = epoch, start
-
-    def rank_indices(self) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
-        per_rank = self.n // self.world
-        return order[: per_rank * self.world][self.rank :: self.world]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.rank_indices()[self.start :].tolist())
-
-    def __len__(self) -> int:
-        return self.n // self.world - self.start
-
-
-def make_loader(dataset: Any, cfg: DataConfig, device_type: str, **kwargs: Any) -> torch.utils.data.DataLoader:
-    """A DataLoader with the run's worker count and pinning; workers are not persistent (a new epoch re-forks them
-    with the dataset's new epoch)."""
-    return torch.utils.data.DataLoader(
-        dataset,
-        num_workers=cfg.num_workers,
-        pin_memory=cfg.pin_memory and device_type == "cuda",
-        **kwargs,
-    )
+    if "image" in samples[0]:
+        batch["image"] = torch.stack([s["image"] for s in samples])
+    else:
+        batch["frames"] = [s["frame"] for s in samples]
+    return batch
 
 
 class FrameData:
     """Catalog frames for one rank: `epoch_batches(epoch, start_batch)` -> the loader of that epoch from a batch on.
 
+    One DataLoader serves every epoch: the sampler (main process) carries the epoch and the start, and each key it
+    yields is `(epoch, index)`, so persistent workers stay exact across epochs and resumes.
+
     Args:
         records: all frames of the run (every rank gets the same list).
         size: output (H, W).  num_patches: N.  cfg: data settings.  seed: run seed.
-        batch_size: per rank.  world, rank: DDP layout.  device_type: `cpu` or `cuda` (pinning).
+        batch_size: per rank.  world, rank: DDP layout.  device_type: `cpu` or `cuda` (pinning, decode place).
     """
 
     def __init__(
@@ -264,10 +293,12 @@ class FrameData:
         rank: int = 0,
         device_type: str = "cpu",
     ):
-        self.dataset = FrameDataset(records, size, num_patches, cfg, seed)
+        self.decode = decode_place(cfg, device_type)
+        self.dataset = FrameDataset(records, size, num_patches, cfg, seed, self.decode)
         self.sampler = EpochSampler(len(records), world, rank, seed)
         self.cfg, self.batch_size, self.device_type = cfg, batch_size, device_type
         self.digest = frame_digest(r.id for r in records)
+        self.loader: torch.utils.data.DataLoader | None = None
 
     def batches_per_epoch(self) -> int:
         return (self.sampler.n // self.sampler.world) // self.batch_size
@@ -275,12 +306,24 @@ class FrameData:
     def epoch_batches(self, epoch: int, start_batch: int = 0) -> torch.utils.data.DataLoader:
         self.dataset.set_epoch(epoch)
         self.sampler.set_epoch(epoch, start_batch * self.batch_size)
-        return make_loader(
-            self.dataset,
-            self.cfg,
-            self.device_type,
-            batch_size=self.batch_size,
-            sampler=self.sampler,
-            drop_last=True,
-            collate_fn=collate,
+        if self.loader is None or not self.cfg.persistent_workers:
+            self.loader = make_loader(
+                self.dataset,
+                self.cfg,
+                self.device_type,
+                batch_size=self.batch_size,
+                sampler=EpochKeys(self.sampler),
+                drop_last=True,
+                collate_fn=collate,
+            )
+        return self.loader
+
+    def run_batches(self, epoch: int, start_batch: int, per_epoch: int) -> Iterator[dict[str, Any]]:
+        """Batches from `start_batch` of `epoch` on, `per_epoch` per epoch, through all later epochs (see
+        `RunKeys`): what the training loop consumes."""
+        keys = RunKeys(EpochSampler(self.sampler.n, self.sampler.world, self.sampler.rank, self.sampler.seed),
+                       epoch, start_batch, per_epoch, self.batch_size)  # fmt: skip
+        loader = make_loader(
+            self.dataset, self.cfg, self.device_type, batch_size=self.batch_size, sampler=keys, collate_fn=collate
         )
+        return iter(loader)

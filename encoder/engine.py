@@ -19,6 +19,7 @@ import math
 import random
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,13 +43,14 @@ class NonFiniteLoss(RuntimeError):
 
 
 class TrainData(Protocol):
-    """What the loop needs from a dataset: an iterable of batches per epoch that can start part-way."""
+    """What the loop needs from a dataset: batches from any point of the run on, `per_epoch` per epoch, through
+    every later epoch (one loader iterator for the run: its workers prefetch across epoch boundaries)."""
 
     digest: str
 
     def batches_per_epoch(self) -> int: ...
 
-    def epoch_batches(self, epoch: int, start_batch: int) -> Any: ...
+    def run_batches(self, epoch: int, start_batch: int, per_epoch: int) -> Iterator[dict[str, Any]]: ...
 
 
 class Sink(Protocol):
@@ -201,7 +203,14 @@ class Trainer:
     # -- one step -------------------------------------------------------------------------------------------------
 
     def to_input(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """A collated batch -> normalised images (B, 3, H, W) and mask noise (B, N) on the device."""
+        """A collated batch -> normalised images (B, 3, H, W) and mask noise (B, N) on the device.
+
+        A `decode="device"` batch is decoded and augmented here first; its `image` is then kept in the batch (for
+        panels)."""
+        if "image" not in batch:
+            from encoder.decode import device_images
+
+            batch["image"] = device_images(batch, tuple(self.cfg.model.encoder.img_size), self.device)
         images = batch["image"].to(self.device, non_blocking=True)
         return normalize(images, self.cfg.model.encoder), batch["noise"].to(self.device, non_blocking=True)
 
@@ -264,10 +273,11 @@ class Trainer:
         """Train from `self.step` to `total_steps`; returns final metrics."""
         cfg, accum = self.cfg, self.cfg.accum_steps
         effective = cfg.batch_size * accum * self.world
+        epoch, pos = divmod(self.step, self.steps_per_epoch)
+        batches = self.data.run_batches(epoch, pos * accum, self.steps_per_epoch * accum)
         while self.step < self.total_steps:
-            epoch, pos = divmod(self.step, self.steps_per_epoch)
-            batches = iter(self.data.epoch_batches(epoch, pos * accum))
-            for _ in range(pos, self.steps_per_epoch):
+            epoch = self.step // self.steps_per_epoch
+            for _ in range(self.step % self.steps_per_epoch, self.steps_per_epoch):
                 if self.step >= self.total_steps:
                     break
                 t0 = time.perf_counter()
@@ -289,6 +299,7 @@ class Trainer:
                     self.save()
                 if cfg.step_delay:
                     time.sleep(cfg.step_delay)
+        del batches  # stops the loader's workers (they prefetch past the last step)
         self.save()
         bad = [self.counters.bad_frames]
         if self.world > 1:

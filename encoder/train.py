@@ -29,6 +29,7 @@ import torch.distributed as dist
 import yaml
 from PIL import Image
 
+from encoder.attention import bind_crossover
 from encoder.engine import NonFiniteLoss, Trainer, checkpoints
 from encoder.mae import MAE, patchify, unpatchify
 from encoder.optim import build_optimizer, peak_lr, warmup_steps
@@ -197,12 +198,13 @@ def build_data(cfg: TrainConfig, world: int, rank: int, device: torch.device):
     p = cfg.model.encoder.patch_size
     num_patches = (h // p) * (w // p)
     if cfg.data.source == "shards":
-        from encoder.shards import ShardData, ShardDataset
+        from encoder.shards import shard_data
 
         if not cfg.data.shards:
             raise ValueError("data.source is shards but data.shards (the shard folder) is not set")
-        ds = ShardDataset(cfg.data.shards, (h, w), num_patches, cfg.data, cfg.seed, cfg.batch_size, world, rank)
-        return ShardData(ds, cfg.data, device.type), ds.index["count"]
+        args = (cfg.data.shards, (h, w), num_patches, cfg.data, cfg.seed, cfg.batch_size, world, rank, device.type)
+        data = shard_data(*args)
+        return data, data.dataset.index["count"]
     from encoder.data import FrameData, catalog_records
 
     records = catalog_records(cfg.data)
@@ -273,11 +275,12 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
 
     data, frames = build_data(cfg, world, rank, device)
     mae = MAE(cfg.model).to(device)
+    bind_crossover(mae, device)
     model: torch.nn.Module = mae
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(mae, device_ids=[local] if device.type == "cuda" else None)
     if cfg.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=cfg.compile_mode or None)
     effective = cfg.batch_size * cfg.accum_steps * world
     lr = peak_lr(cfg.optim, effective)
     optimizer = build_optimizer(mae, cfg.optim, lr, device)
@@ -293,8 +296,10 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     if rank == 0:
         write_lineage(run_dir, cfg, data.digest, frames, world, trainer.step)
         log.info(
-            "run %s: %d frames (%s), world %d, effective batch %d, peak lr %.3g, %d steps (%d per epoch), %s",
+            "run %s: %d frames (%s), world %d, effective batch %d, peak lr %.3g, %d steps (%d per epoch), %s, "
+            "decode on %s",
             run_dir, frames, data.digest, world, effective, lr, trainer.total_steps, steps_per_epoch, device,
+            data.decode,
         )  # fmt: skip
     sink.start(trainer.step, trainer.total_steps)
     try:

@@ -32,7 +32,12 @@ class DataConfig:
         crop_scale: random resized crop area fraction range.
         crop_ratio: range of the crop's aspect ratio relative to the target's (sampled log-uniformly).
         hflip: flip horizontally with probability 1/2.
-        num_workers: DataLoader worker processes per rank.  pin_memory: pin host batches (CUDA only).
+        decode: where JPEGs are decoded, cropped, resized and flipped: `pil` (in the loader workers), `device` (on the
+            training device, batched: nvJPEG on CUDA), or `auto` (`device` on CUDA, `pil` on CPU). Same random
+            choices either way (`encoder.data.draw_sample`).
+        num_workers: DataLoader worker processes per rank; -1: the cores per local rank less one.
+        persistent_workers: keep workers alive across epochs (no re-fork stall at each epoch start).
+        prefetch_factor: batches each worker prepares ahead.  pin_memory: pin host batches (CUDA only).
         max_skip: how many following frames to try in place of a corrupt or missing one before giving up.
     """
 
@@ -47,7 +52,10 @@ class DataConfig:
     crop_scale: tuple[float, float] = (0.2, 1.0)
     crop_ratio: tuple[float, float] = (0.75, 1.3333333)
     hflip: bool = True
-    num_workers: int = 2
+    decode: Literal["auto", "pil", "device"] = "auto"
+    num_workers: int = -1
+    persistent_workers: bool = True
+    prefetch_factor: int = 4
     pin_memory: bool = True
     max_skip: int = 16
 
@@ -86,7 +94,8 @@ class TrainConfig:
         epochs: passes over the data; `max_steps` > 0 stops earlier (or later: epochs are then extended).
         seed: drives init, data order, augmentation and masks; same seed + data = same run.
         precision: `auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32`, `bf16`, or `fp16` (autocast + GradScaler).
-        tf32: allow TF32 matmuls on CUDA.  compile: wrap the model in `torch.compile`.
+        tf32: allow TF32 matmuls on CUDA.  compile: wrap the model in `torch.compile` (`compile_mode`: its mode, e.g.
+            `max-autotune`; empty for the default).
         max_nonfinite: stop after this many consecutive non-finite losses (each one skips its step).
         name: run name; the run folder is `run_dir` or `<workspace>/runs/<name>`.
         resume: `auto` (latest checkpoint of the run folder, if any), `none`, or a checkpoint path.
@@ -109,6 +118,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     tf32: bool = True
     compile: bool = False
+    compile_mode: str = ""
     max_nonfinite: int = 5
     name: str = "mae"
     run_dir: str | None = None

@@ -10,7 +10,8 @@ import pytest
 import torch
 from test_train_support import PYTHON, make_catalog, run
 
-from encoder.data import EpochSampler, FrameData, FrameDataset, FrameRecord, catalog_records, crop_box
+from encoder.data import FrameData, FrameDataset, FrameRecord, catalog_records, crop_box
+from encoder.loader import EpochSampler
 from encoder.shards import ShardData, ShardDataset
 from encoder.train_config import DataConfig
 
