@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from serving import tiny_encoder
 from werkzeug.serving import make_server
 
 from encoder.preprocess import prepare
 from server.app import create_app
 from server.client import APIError, Client
 from server.heads import save_linear_head
-from server.testing import tiny_encoder
 from store.artifacts import Registry
 
 

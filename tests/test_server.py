@@ -15,11 +15,11 @@ import requests
 import torch
 from PIL import Image
 from safetensors.numpy import load as load_safetensors
+from serving import LiveServer, tiny_encoder
 
 from encoder.preprocess import prepare
 from server.heads import save_linear_head
 from server.schema_check import check_response
-from server.testing import LiveServer, tiny_encoder
 from store.artifacts import Registry
 from store.paths import Workspace
 

@@ -16,10 +16,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from serving import LiveServer, tiny_encoder
 
 from server.heads import save_linear_head
 from server.schema_check import check_response, resolve
-from server.testing import LiveServer, tiny_encoder
 from store.artifacts import Registry
 from store.paths import Workspace
 

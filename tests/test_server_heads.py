@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from serving import tiny_encoder
 
 from encoder.preprocess import prepare
 from heads import artifact
@@ -18,7 +19,6 @@ from heads.models import HeadConfig, build_head
 from heads.tasks import TaskConfig, make_task
 from server.app import create_app
 from server.heads import HeadMismatch, load_head
-from server.testing import tiny_encoder
 from store.artifacts import Registry
 
 

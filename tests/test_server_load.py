@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import requests
 from PIL import Image
+from serving import LiveServer, tiny_encoder
 
-from server.testing import LiveServer, tiny_encoder
 from store.paths import Workspace
 
 

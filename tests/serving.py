@@ -1,4 +1,4 @@
-"""Helpers for tests and benchmarks: a registered tiny encoder, and a real gunicorn `fth serve` on a free port.
+"""Test helpers (also for bench/serve.py): a registered tiny encoder, and a real gunicorn `fth serve` on a free port.
 
 `LiveServer` starts `python -m fth serve` as a subprocess on a loopback port chosen at runtime, waits for `/readyz`,
 and stops it with SIGTERM (graceful drain) on exit. Nothing here is used by the service itself.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,13 +17,10 @@ from typing import Any
 
 import requests
 
+from fth.procs import free_port
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["REPO", "LiveServer", "free_port", "tiny_encoder"]
 
 
 def tiny_encoder(workspace, seed: int = 0, preset: str = "tiny"):
