@@ -26,6 +26,7 @@ ERRORS = {
     "404": _error("Unknown route or head."),
     "405": _error("Method not allowed on this route."),
     "406": _error("None of the types in Accept can be produced."),
+    "408": _error("The request body did not arrive in time."),
     "413": _error("Body too large, too many images, or an image with too many pixels."),
     "415": _error("Unsupported Content-Type or image format."),
     "422": _error("Well-formed JSON of the wrong shape, or invalid base64."),
@@ -67,7 +68,9 @@ SCHEMAS: dict[str, Any] = {
     "ImagesJSON": {
         "type": "object",
         "required": ["images"],
-        "properties": {"images": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "byte"}}},
+        "properties": {
+            "images": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "byte", "minLength": 1}}
+        },
     },
     "Embeddings": {
         "type": "object",
@@ -219,6 +222,7 @@ def document(version: str = "1") -> dict[str, Any]:
                         "400",
                         "401",
                         "406",
+                        "408",
                         "413",
                         "415",
                         "422",
@@ -244,6 +248,7 @@ def document(version: str = "1") -> dict[str, Any]:
                         "400",
                         "401",
                         "404",
+                        "408",
                         "413",
                         "415",
                         "422",
