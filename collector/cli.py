@@ -63,7 +63,13 @@ def cmd_collect(args) -> int:
     if not cfg.sources:
         print("fth collect: the config lists no sources", file=sys.stderr)
         return 2
-    return main(cfg, ws)
+    from store.lock import WorkspaceBusy
+
+    try:
+        return main(cfg, ws)
+    except WorkspaceBusy as e:
+        print(f"fth collect: {e}", file=sys.stderr)
+        return 1
 
 
 def cmd_status(args) -> int:
