@@ -74,3 +74,11 @@ def test_retries_503_then_succeeds_and_raises_other_errors(live):
     with pytest.raises(APIError) as e:
         Client(url, "k1").predict([np.zeros((8, 8, 3), np.uint8)], ["nope"])
     assert e.value.status == 404 and e.value.code == "unknown_head"
+
+
+def test_models_raises_the_clients_error(live):
+    """Issue 15: `Client.models()` raised requests' HTTPError; it raises APIError like the other calls."""
+    url, *_ = live
+    with pytest.raises(APIError) as e:
+        Client(url, "wrong").models()
+    assert e.value.status == 401 and e.value.code == "unauthorized"
