@@ -1,7 +1,7 @@
 """The OpenAPI 3.0.3 document of API v1, built as a dict and served at `/openapi.json`.
 
-The tests check the running app against this document (every documented status, response schemas, and a
-hypothesis fuzz generated from the request schemas), so it is the contract, not decoration.
+The tests run schemathesis against a live server from this document (valid and invalid requests, every answer
+checked against it), so it is the contract, not decoration.
 """
 
 from __future__ import annotations

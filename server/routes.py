@@ -29,11 +29,10 @@ def _service():
 
 
 def _flag(name: str) -> bool:
-    raw = request.args.get(name, "false").strip().lower()
-    if raw in ("1", "true", "yes"):
-        return True
-    if raw in ("0", "false", "no", ""):
-        return False
+    """A boolean query parameter, as OpenAPI writes one: `true` or `false` (absent = false)."""
+    raw = request.args.get(name, "false")
+    if raw in ("true", "false"):
+        return raw == "true"
     raise APIError(400, "bad_parameter", f"query parameter {name}={raw!r} must be true or false")
 
 
