@@ -33,6 +33,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 bench: $(STAMP)
+	$(UV) sync --frozen --extra dev --extra bench --python $(PYTHON)  # timm (and torchvision) for bench/encoder.py
 	$(BIN)/python bench/attention.py
 	$(BIN)/python bench/encoder.py
 

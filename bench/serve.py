@@ -27,10 +27,12 @@ import requests
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the LiveServer test helper
+
+from serving import LiveServer, tiny_encoder  # noqa: E402
 
 from server.config import ServeConfig  # noqa: E402
 from server.images import Limits, decode  # noqa: E402
-from server.testing import LiveServer, tiny_encoder  # noqa: E402
 from store.paths import Workspace  # noqa: E402
 
 CONCURRENCY = (1, 4, 16, 64)

@@ -63,7 +63,13 @@ def cmd_collect(args) -> int:
     if not cfg.sources:
         print("fth collect: the config lists no sources", file=sys.stderr)
         return 2
-    return main(cfg, ws)
+    from store.lock import WorkspaceBusy
+
+    try:
+        return main(cfg, ws)
+    except WorkspaceBusy as e:
+        print(f"fth collect: {e}", file=sys.stderr)
+        return 1
 
 
 def cmd_status(args) -> int:
@@ -112,7 +118,12 @@ def cmd_sim_labels(args) -> int:
     from store.paths import Workspace
 
     ws = Workspace.at(args.workspace)
-    cfg, _ = load_sim_config(args.sim or ws.sim / args.source)
+    try:
+        cfg, _ = load_sim_config(args.sim or ws.sim / args.source)
+    except FileNotFoundError as e:
+        print(f"fth sim labels: {e}; pass --sim <sim folder or sim.json> (the collector writes it to "
+              f"<workspace>/sim/<source>/)", file=sys.stderr)  # fmt: skip
+        return 2
     with Catalog(ws.root, recover=False) as cat:
         summary = write_labels(cat, args.source, cfg, args.out, dense=not args.no_dense)
     print(f"{summary.labelled} of {summary.frames} frames labelled ({summary.unreadable} unreadable) in {summary.out}")

@@ -68,6 +68,7 @@ class SourceConfig:
     rw_timeout_s: float = 10.0
     hold_counters: int = 0  # playlist reloads without new segments before ffmpeg gives up; 0 = from stall timeout
     realtime: bool = False  # file sources: read at native speed (a replayed "live" file) instead of as fast as possible
+    max_failures: int = 0  # failures in a row before the source is marked failed; 0 = 5 for a file, never for live
     ytdlp_format: str = "best[height<=1080]/best"
     expiry_margin_s: float = 600.0  # re-resolve this long before a signed URL's `expire`
     flat_std: float = 2.0  # a frame whose pixel std is below this is a flat error frame, not stored

@@ -2,21 +2,27 @@
 
 `main(config, workspace)` is what `fth collect` calls: it starts the collector, turns SIGTERM and SIGINT into a
 clean stop (stop grabbing, finish the writes in flight, stop every ffmpeg, close the catalog, exit 0 within a
-few seconds) and returns the exit status. Housekeeping (retention, status file) runs in one more thread.
+few seconds) and returns the exit status. Housekeeping (retention, status file) runs in one more thread, which
+survives its own errors (a full disk, a locked catalog): it counts and reports them and tries again next round.
+The daemon holds the workspace's writer lock (`store.lock`) for its life: a second collector on the same workspace
+stops at start with a message naming the first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
 import time
 
 from collector.config import CollectorConfig, validate
+from collector.errors import ErrorLog
 from collector.sink import FrameSink
 from collector.status import MetricsServer, SourceStats, write_status
 from collector.supervisor import SourceSupervisor
 from store.catalog import Catalog
+from store.lock import workspace_lock
 from store.paths import Workspace
 
 log = logging.getLogger(__name__)
@@ -35,14 +41,22 @@ class Collector:
         self.supervisors: list[SourceSupervisor] = []
         self.sims: dict = {}
         self.metrics: MetricsServer | None = None
+        self.housekeeping = SourceStats("housekeeping", state="running")
+        self._errors = ErrorLog(log)
         self._house: threading.Thread | None = None
+        self._lock = contextlib.ExitStack()
 
     @property
     def status_path(self):
         return self.ws.collector / "status.json"
 
     def start(self) -> Collector:
-        self.catalog = Catalog(self.ws.root)
+        self._lock.enter_context(workspace_lock(self.ws, "fth collect"))  # WorkspaceBusy when another collector runs
+        try:
+            self.catalog = Catalog(self.ws.root)
+        except BaseException:
+            self._lock.close()
+            raise
         self.started = time.time()
         for src in self.cfg.sources:
             if not src.enabled:
@@ -71,12 +85,21 @@ class Collector:
     def _housekeeping(self) -> None:
         next_retention = time.monotonic()
         while True:
-            write_status(self.status_path, self.stats, self.started)
+            self.write_status()
             if time.monotonic() >= next_retention:
                 self.enforce_retention()
                 next_retention = time.monotonic() + self.cfg.retention_every_s
             if self.stop_event.wait(min(self.cfg.status_every_s, self.cfg.retention_every_s)):
                 return
+
+    def write_status(self) -> bool:
+        try:
+            write_status(self.status_path, self.stats, self.started, self.housekeeping)
+            return True
+        except Exception as e:  # a full disk must not stop housekeeping: count, report, retry next round
+            self.housekeeping.count("errors", f"status file not written: {type(e).__name__}: {e}")
+            self._errors.error("status", "event=status_write_failed path=%s", self.status_path)
+            return False
 
     def enforce_retention(self) -> int:
         removed = 0
@@ -90,8 +113,9 @@ class Collector:
                 removed += self.catalog.enforce_retention(
                     self.cfg.retention.max_bytes, self.cfg.retention.max_age_days * 86400
                 )
-        except Exception:  # a retention hiccup (disk, lock) must not stop collection; next round retries
-            log.exception("event=retention_failed")
+        except Exception as e:  # a retention hiccup (disk, lock) must not stop collection; next round retries
+            self.housekeeping.count("errors", f"retention failed: {type(e).__name__}: {e}")
+            self._errors.error("retention", "event=retention_failed")
         if removed:
             log.info("event=retention removed=%d", removed)
         return removed
@@ -109,11 +133,12 @@ class Collector:
             pub.stop()
         if self._house is not None:
             self._house.join(timeout=5)
-        write_status(self.status_path, self.stats, self.started)
+        self.write_status()
         if self.metrics is not None:
             self.metrics.stop()
         if self.catalog is not None:
             self.catalog.close()
+        self._lock.close()
         log.info("event=collector_stopped took_s=%.2f", time.monotonic() - t0)
 
     def __enter__(self) -> Collector:
@@ -131,8 +156,8 @@ def main(cfg: CollectorConfig, workspace: Workspace | None = None) -> int:
         log.info("event=signal name=%s", signal.Signals(signum).name)
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     collector = Collector(cfg, workspace).start()
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         while not stop.wait(1.0):
             if collector.supervisors and not any(s.is_alive() for s in collector.supervisors):

@@ -103,7 +103,10 @@ def save_sim_config(cfg: SimConfig, folder: Path, epoch: float) -> None:
 def load_sim_config(path: str | Path) -> tuple[SimConfig, float]:
     """(SimConfig, epoch) from a sim folder's sim.json (or the file itself); the epoch is the Unix time of index 0."""
     path = Path(path)
-    doc = json.loads((path / "sim.json" if path.is_dir() else path).read_text())
+    file = path / "sim.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"no sim.json at {file}")
+    doc = json.loads(file.read_text())
     return from_dict(SimConfig, doc["sim"], str(path)), float(doc.get("epoch", 0.0))
 
 
@@ -148,8 +151,12 @@ def write_labels(
             if limit is not None and summary.frames >= limit:
                 break
             summary.frames += 1
-            with Image.open(catalog.root / row.path) as im:
-                index = read_stamp(np.asarray(im.convert("L")))
+            try:
+                with Image.open(catalog.root / row.path) as im:
+                    index = read_stamp(np.asarray(im.convert("L")))
+            except (OSError, SyntaxError, ValueError) as e:  # empty, truncated or missing file: UnidentifiedImageError
+                log.warning("event=frame_unreadable frame=%s path=%s error=%s", row.id[:16], row.path, e)
+                index = None
             if index is None:
                 summary.unreadable += 1
                 log.warning("event=stamp_unreadable frame=%s path=%s", row.id[:16], row.path)

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from collector.config import SourceConfig
+from collector.errors import ErrorLog
 from collector.status import SourceStats
 from store.catalog import Catalog
 
@@ -39,12 +40,13 @@ class FrameSink:
         self._prev_id: str | None = None
         self._prev_thumb: np.ndarray | None = None
         self._stale_marked = False
+        self._errors = ErrorLog(log)
         last = catalog.last_frame(src.id)
         if last is not None:
             self._prev_id = last.id
 
     def handle(self, bmp: bytes, captured_at: datetime | None = None) -> str:
-        """Check and store one frame; returns the outcome: stored, stale, flat, bad, known or dropped."""
+        """Check and store one frame; returns the outcome: stored, stale, flat, bad, known, error or dropped."""
         self.last_seen = time.monotonic()
         if self.closing.is_set():
             return "dropped"  # stopping: no new writes start, the ones in flight finish
@@ -66,8 +68,12 @@ class FrameSink:
         if digest == self._prev_digest:
             self.stats.count("stale")
             if not self._stale_marked and self._prev_id:
-                self.catalog.mark_stale(self._prev_id)
-                self._stale_marked = True
+                try:
+                    self.catalog.mark_stale(self._prev_id)
+                    self._stale_marked = True
+                except Exception as e:
+                    self.stats.count("errors", f"stale flag not stored: {type(e).__name__}: {e}")
+                    self._errors.error("stale", "event=mark_stale_failed source=%s", self.src.id)
                 log.warning("event=stream_frozen source=%s frame=%s", self.src.id, self._prev_id[:16])
             return "stale"
         thumb = np.asarray(img.convert("L").resize((32, 32), Image.BILINEAR), dtype=np.float32)
@@ -77,9 +83,14 @@ class FrameSink:
             duplicate_of = self._prev_id
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=self.src.jpeg_quality)
-        row, new = self.catalog.add_frame(
-            buf.getvalue(), self.src.id, captured_at, img.width, img.height, self.src.timezone, duplicate_of
-        )
+        try:
+            row, new = self.catalog.add_frame(
+                buf.getvalue(), self.src.id, captured_at, img.width, img.height, self.src.timezone, duplicate_of
+            )
+        except Exception as e:  # disk full, read-only catalog, ...: an error of the source, reported, not fatal
+            self.stats.count("errors", f"frame not stored: {type(e).__name__}: {e}")
+            self._errors.error("store", "event=frame_store_failed source=%s", self.src.id)
+            return "error"
         if self._stale_marked:
             log.info("event=stream_unfrozen source=%s", self.src.id)
         self._prev_digest, self._prev_id, self._prev_thumb, self._stale_marked = digest, row.id, thumb, False

@@ -2,19 +2,23 @@
 
 The daemon rewrites `<workspace>/collector/status.json` (atomically) every `status_every_s`; the status command
 reads it and says the daemon is gone when its pid is not alive. With `metrics_port` set, the same counters are
-served in the Prometheus text exposition format at `http://host:port/metrics`.
+served by `prometheus_client` at `http://host:port/metrics`. Housekeeping (status file, retention) keeps counters of
+its own: its errors show in the status file and in `fth collect status`.
 """
 
 from __future__ import annotations
 
 import collections
-import http.server
 import json
 import os
 import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from store.fsutil import atomic_write
 
@@ -27,7 +31,7 @@ class SourceStats:
 
     source: str
     kind: str = ""
-    state: str = "starting"  # starting | running | backoff | stale | done | stopped
+    state: str = "starting"  # starting | running | backoff | stale | done | stopped | failed
     last_frame_at: str | None = None  # UTC text of the last stored frame
     last_frame_ts: float = 0.0  # Unix time it was stored
     last_error: str | None = None
@@ -71,13 +75,15 @@ class SourceStats:
         return d
 
 
-def write_status(path: Path, stats: list[SourceStats], started: float) -> None:
+def write_status(path: Path, stats: list[SourceStats], started: float, housekeeping: SourceStats | None = None) -> None:
     doc = {
         "pid": os.getpid(),
         "started_at": started,
         "updated_at": time.time(),
         "sources": [s.snapshot(started) for s in stats],
     }
+    if housekeeping is not None:
+        doc["housekeeping"] = housekeeping.snapshot(started)
     with atomic_write(path, "w") as f:
         f.write(json.dumps(doc, indent=1))
 
@@ -120,46 +126,44 @@ def format_status(doc: dict) -> str:
     lines = [head, "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
     errors = [f"  {s['source']}: {s['last_error']}" for s in doc.get("sources", []) if s.get("last_error")]
+    house = doc.get("housekeeping") or {}
+    if house.get("counts", {}).get("errors"):
+        lines.append(f"housekeeping (status file, retention): {house['counts']['errors']} errors")
+        errors.append(f"  housekeeping: {house.get('last_error')}")
     return "\n".join(lines + (["last errors:", *errors] if errors else []))
 
 
-def prometheus_text(stats: list[SourceStats], started: float) -> str:
-    """Counters and gauges in the Prometheus text exposition format (version 0.0.4)."""
-    out = []
-    for name in COUNTERS:
-        out.append(f"# TYPE fth_collector_{name}_total counter")
-        out += [f'fth_collector_{name}_total{{source="{s.source}"}} {s.counts.get(name, 0)}' for s in stats]
-    out.append("# TYPE fth_collector_bytes_total counter")
-    out += [f'fth_collector_bytes_total{{source="{s.source}"}} {s.bytes}' for s in stats]
-    out.append("# TYPE fth_collector_frames_per_hour gauge")
-    out += [f'fth_collector_frames_per_hour{{source="{s.source}"}} {s.frames_per_hour(started):.1f}' for s in stats]
-    out.append("# TYPE fth_collector_up gauge")
-    out += [f'fth_collector_up{{source="{s.source}"}} {int(s.state == "running")}' for s in stats]
-    return "\n".join(out) + "\n"
+class StatsCollector(Collector):
+    """The sources' counters as Prometheus metric families, read from their `SourceStats` at scrape time."""
+
+    def __init__(self, stats: list[SourceStats], started: float):
+        self.stats, self.started = stats, started
+
+    def collect(self):
+        for name in COUNTERS:
+            family = CounterMetricFamily(
+                f"fth_collector_{name}", f"Frames or events counted as {name}.", labels=["source"]
+            )
+            for s in self.stats:
+                family.add_metric([s.source], s.counts.get(name, 0))
+            yield family
+        sizes = CounterMetricFamily("fth_collector_bytes", "Bytes of frames stored.", labels=["source"])
+        rate = GaugeMetricFamily("fth_collector_frames_per_hour", "Frames stored in the last hour.", labels=["source"])
+        up = GaugeMetricFamily("fth_collector_up", "1 while the source delivers frames.", labels=["source"])
+        for s in self.stats:
+            sizes.add_metric([s.source], s.bytes)
+            rate.add_metric([s.source], round(s.frames_per_hour(self.started), 1))
+            up.add_metric([s.source], int(s.state == "running"))
+        yield from (sizes, rate, up)
 
 
 class MetricsServer:
-    """`GET /metrics` on a loopback (or configured) port, in a daemon thread."""
+    """`GET /metrics` (prometheus_client's HTTP server) on a loopback (or configured) port, in a daemon thread."""
 
     def __init__(self, stats: list[SourceStats], started: float, port: int, host: str = "127.0.0.1"):
-        text = lambda: prometheus_text(stats, started).encode()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - stdlib name
-                body = text() if self.path.startswith("/metrics") else b"see /metrics\n"
-                self.send_response(200 if self.path.startswith("/metrics") else 404)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
-        self.thread.start()
+        self.registry = CollectorRegistry()
+        self.registry.register(StatsCollector(stats, started))
+        self.httpd, self.thread = start_http_server(port, host, registry=self.registry)
 
     @property
     def port(self) -> int:

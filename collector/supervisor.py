@@ -24,6 +24,7 @@ from collector.status import SourceStats
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2
+FILE_MAX_FAILURES = 5  # a file source fails for good after this many failures in a row (live ones never do)
 
 
 def backoff_delay(failures: int, initial: float, cap: float, jitter: float, rng: random.Random | None = None) -> float:
@@ -65,6 +66,13 @@ class SourceSupervisor(threading.Thread):
             if outcome == "expiry":
                 continue  # planned: resolve again at once
             self.failures += 1
+            limit = self.src.max_failures or (FILE_MAX_FAILURES if self.kind == "file" else 0)
+            if limit and self.failures >= limit:  # a missing or broken file will not heal by waiting
+                self.stats.state = "failed"
+                self.stats.last_error = f"gave up after {self.failures} failures in a row: {self.stats.last_error}"
+                log.error("event=source_failed source=%s failures=%d error=%s", self.src.id, self.failures,
+                          self.stats.last_error)  # fmt: skip
+                break
             self.stats.count("restarts")
             delay = backoff_delay(
                 self.failures, self.cfg.backoff_initial_s, self.cfg.backoff_max_s, self.cfg.backoff_jitter, self._rng

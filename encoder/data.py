@@ -195,9 +195,17 @@ BAD_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def decode_place(cfg: DataConfig, device_type: str) -> str:
-    """`pil` or `device`: where `cfg.decode` puts JPEG decoding when training on `device_type`."""
+    """`pil` or `device`: where `cfg.decode` puts JPEG decoding when training on `device_type`. The device path needs
+    torchvision (the `gpu` extra): `auto` falls back to PIL without it, an explicit `device` is a one-line error."""
+    import importlib.util
+
+    has_tv = importlib.util.find_spec("torchvision") is not None
     if cfg.decode == "auto":
-        return "device" if device_type == "cuda" else "pil"
+        if device_type == "cuda" and not has_tv:
+            log.warning("data.decode auto: torchvision is not installed (pip install 'fth[gpu]'); decoding with PIL")
+        return "device" if device_type == "cuda" and has_tv else "pil"
+    if cfg.decode == "device" and not has_tv:
+        raise ValueError("data.decode device needs torchvision (pip install 'fth[gpu]'), or set data.decode=pil")
     return cfg.decode
 
 

@@ -30,7 +30,8 @@ import yaml
 from PIL import Image
 
 from encoder.attention import bind_crossover
-from encoder.engine import NonFiniteLoss, Trainer, checkpoints
+from encoder.checkpoint import load_resume
+from encoder.engine import NonFiniteLoss, Trainer
 from encoder.mae import MAE, patchify, unpatchify
 from encoder.optim import build_optimizer, peak_lr, warmup_steps
 from encoder.preprocess import normalize
@@ -248,18 +249,6 @@ def write_lineage(run_dir: Path, cfg: TrainConfig, digest: str, frames: int, wor
     return lineage
 
 
-def resume_path(resume: str, run_dir: Path) -> Path | None:
-    if resume in ("none", ""):
-        return None
-    if resume == "auto":
-        found = checkpoints(run_dir / "checkpoints")
-        return found[-1] if found else None
-    path = Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
-    return path
-
-
 def main(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) one pretraining run; returns the summary (also written to summary.json on rank 0)."""
     world, rank, local = setup_distributed()
@@ -289,9 +278,9 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     sink = RunSink(cfg, run_dir, device) if rank == 0 else NullSink()
     trainer = Trainer(cfg, mae, model, optimizer, data, device, lr, warmup, run_dir, sink)
 
-    start = resume_path(cfg.resume, run_dir)
-    if start is not None:
-        trainer.load_state_dict(torch.load(start, map_location=device, weights_only=False))
+    state, start = load_resume(cfg.resume, run_dir, device)
+    if state is not None:
+        trainer.load_state_dict(state)
         log.info("resumed from %s at step %d", start, trainer.step)
     if rank == 0:
         write_lineage(run_dir, cfg, data.digest, frames, world, trainer.step)

@@ -138,8 +138,8 @@ class Demo:
         import yaml
 
         from fth.config import resolve_path
+        from fth.procs import free_port
         from fth.report import frames_collected
-        from server.testing import free_port
 
         seconds = self.args.collect_seconds
         sim_dir, port = self.ws / "sim" / SOURCE, free_port()
@@ -223,7 +223,7 @@ class Demo:
         self.results["heads"] = heads
 
     def serve_and_query(self) -> None:
-        from server.testing import free_port
+        from fth.procs import free_port
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 
 
@@ -29,3 +30,10 @@ def terminate_group(proc: subprocess.Popen, grace: float) -> bool:
         signal_group(proc, signal.SIGKILL)
         proc.wait()
         return True
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

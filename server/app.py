@@ -2,7 +2,8 @@
 
 `create_app` loads the encoder and heads (`Runner`), starts the micro-batcher thread, warms the model up in the
 background (`/readyz` answers 503 until then), and installs auth, metrics and JSON errors. Nothing is loaded at
-import time: gunicorn imports `server.wsgi` in each worker, so every worker owns one model and the master none.
+import time: gunicorn builds the app in each worker (`server.gunicorn_app`), so every worker owns one model and the
+master none.
 Every error, including Flask's own 404/405/413, is answered as `{"error": {"code", "message"}}`.
 """
 
@@ -23,7 +24,7 @@ from fth.config import build, merge
 from server.auth import OPEN_PATHS, KeyChecker, load_keys
 from server.batcher import MicroBatcher
 from server.config import ServeConfig
-from server.images import APIError
+from server.images import APIError, Limits, PixelBudget, max_pixels, unmap_large_frees
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -43,14 +44,20 @@ class Service:
         if cfg.switch_interval_ms > 0:
             sys.setswitchinterval(cfg.switch_interval_ms / 1000)
         self.runner = Runner(cfg)
-        self.metrics = Metrics(queue_depth=lambda: self.batcher.depth)
+        self.metrics = Metrics()
         self.batcher = MicroBatcher(
-            self.runner.run, cfg.max_batch, cfg.max_wait_ms / 1000, cfg.queue_images, on_batch=self.metrics.batch
+            self.runner.run,
+            cfg.max_batch,
+            cfg.max_wait_ms / 1000,
+            cfg.queue_images,
+            on_batch=lambda n, waits: self.metrics.batch(n, waits, self.batcher.depth),
         )
+        unmap_large_frees()
+        self.limits = Limits(cfg.max_images, max_pixels(cfg, self.runner.size))
+        # the budget holds at least one largest image, or such an image could never be decoded
+        self.pixels = PixelBudget(max(cfg.pixels_in_flight, self.limits.max_pixels), cfg.request_timeout_s)
         self.auth = KeyChecker(load_keys(cfg.api_keys_env, cfg.api_keys_file))
         self.ready = threading.Event()
-        self.in_flight = 0
-        self._lock = threading.Lock()
         if cfg.warmup:
             threading.Thread(target=self._warmup, name="warmup", daemon=True).start()
         else:
@@ -107,8 +114,7 @@ def create_app(config: ServeConfig | dict[str, Any] | str | Path | None = None) 
     def _start() -> Response | None:
         g.start = time.perf_counter()
         if request.path not in OPEN_PATHS:
-            with service._lock:
-                service.in_flight += 1
+            service.metrics.in_flight.inc()
             g.counted = True
             problem = service.auth.check(request.headers.get("Authorization"))
             if problem is not None:
@@ -124,8 +130,7 @@ def create_app(config: ServeConfig | dict[str, Any] | str | Path | None = None) 
     @app.teardown_request
     def _done(exc: BaseException | None) -> None:
         if g.pop("counted", False):
-            with service._lock:
-                service.in_flight -= 1
+            service.metrics.in_flight.dec()
 
     @app.errorhandler(APIError)
     def _api_error(e: APIError) -> Response:

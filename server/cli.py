@@ -1,16 +1,20 @@
 """`fth serve` (the embedding service) and `fth embed` (batch embedding into the store).
 
-`fth serve` runs gunicorn with gthread workers (one model per worker process, nothing loaded in the master);
-`--dev` runs the Flask development server instead. No torch import happens until a handler runs.
+`fth serve` runs gunicorn in-process (`server.gunicorn_app`: one model per worker process, nothing loaded in the
+master); `--dev` runs the Flask development server instead. A non-loopback `--bind` with no API key configured is
+refused unless `--insecure-no-auth` is given. No torch import happens until a handler runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 from fth.cli import add_config_args
 
@@ -24,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--encoder", default=None, help="encoder id or artifact folder (default: newest registered)")
     serve.add_argument("--bind", default=None, help="host:port (default from config: 127.0.0.1:8000)")
     serve.add_argument("--dev", action="store_true", help="Flask development server instead of gunicorn")
+    serve.add_argument(
+        "--insecure-no-auth", action="store_true", help="allow a non-loopback --bind with no API key configured"
+    )
     serve.set_defaults(func=_serve)
 
     embed = sub.add_parser("embed", help="embed catalog frames into the embedding store (resumable, torchrun-able)")
@@ -44,33 +51,66 @@ def serve_config(args: argparse.Namespace):
     from server.config import ServeConfig
 
     cfg = build(ServeConfig, args.config, args.overrides)
-    flags = {"workspace": args.workspace, "encoder": args.encoder, "bind": args.bind}
+    flags = {
+        "workspace": args.workspace,
+        "encoder": args.encoder,
+        "bind": args.bind,
+        "insecure_no_auth": True if args.insecure_no_auth else None,
+    }
     return merge(cfg, {k: v for k, v in flags.items() if v is not None}, "command line")
 
 
+LOOPBACK = ("127.", "localhost", "[::1]", "::1", "unix:")
+
+
+def check_bind(bind: str, has_keys: bool, insecure: bool) -> str | None:
+    """Why `bind` may not be served as configured (None when it may): a non-loopback address needs API keys."""
+    if has_keys or insecure or bind.startswith(LOOPBACK):
+        return None
+    return (
+        f"refusing to serve on {bind} with no API key: anyone who can reach it could use the API. Set keys in "
+        "$FTH_API_KEYS (or api_keys_env / api_keys_file), bind to 127.0.0.1, or pass --insecure-no-auth"
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from fth.config import to_dict
+    from server.auth import load_keys
 
     cfg = serve_config(args)
-    if cfg.workspace is None:
-        cfg.workspace = os.environ.get("FTH_WORKSPACE", "workspace")
-    os.environ["FTH_SERVE_CONFIG"] = json.dumps(to_dict(cfg))
+    problem = check_bind(cfg.bind, bool(load_keys(cfg.api_keys_env, cfg.api_keys_file)), cfg.insecure_no_auth)
+    if problem:
+        print(f"fth serve: {problem}", file=sys.stderr)
+        return 2
     if args.dev:
         from server.app import create_app
 
         host, _, port = cfg.bind.rpartition(":")
         create_app(cfg).run(host=host or "127.0.0.1", port=int(port), threaded=True)
         return 0
-    from pathlib import Path
+    with _metrics_dir():
+        from server.gunicorn_app import GunicornApp
 
-    conf = Path(__file__).with_name("gunicorn_conf.py")
-    argv = ["gunicorn", "--config", "python:server.gunicorn_conf", "server.wsgi:app"]
-    del conf
-    log.info("gunicorn on %s: %d worker(s) x %d threads", cfg.bind, cfg.workers, cfg.threads)
-    from gunicorn.app.wsgiapp import run
+        log.info("gunicorn on %s: %d worker(s) x %d threads", cfg.bind, cfg.workers, cfg.threads)
+        GunicornApp(cfg).run()
+    return 0
 
-    sys.argv = argv
-    return run() or 0
+
+@contextlib.contextmanager
+def _metrics_dir():
+    """A fresh `PROMETHEUS_MULTIPROC_DIR` for the workers' metric files (set before anything imports the client);
+    a folder given in the environment is emptied first, as prometheus_client asks."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="fth-metrics-") as folder:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+        try:
+            yield
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def _embed(args: argparse.Namespace) -> int:

@@ -2,21 +2,22 @@
 
 Images may be file paths, encoded bytes, PIL images or (H, W, 3) uint8 arrays; they are sent as one multipart
 request (PNG-encoded when not already encoded). Embeddings come back as NumPy arrays via the safetensors answer, so no
-float goes through JSON text. A 503 (queue full, warming up, shutting down) is retried with exponential backoff,
-honouring Retry-After; other errors raise `APIError` with the server's code and message.
+float goes through JSON text. A 503 (queue full, warming up, shutting down) is retried by urllib3's `Retry` with
+exponential backoff, honouring Retry-After; other errors raise `APIError` with the server's code and message.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util import Retry
 
 log = logging.getLogger(__name__)
 SAFETENSORS = "application/safetensors"
@@ -52,49 +53,58 @@ def _encode(image: Any) -> tuple[bytes, str]:
 class Client:
     """A connection-pooled client; thread-safe for concurrent calls.
 
+    Retries are urllib3's `Retry`: a 503 (queue full, warming up, shutting down) or a refused connection is retried
+    with exponential backoff, waiting at least what the answer's Retry-After asks (capped at `max_wait_s`).
+
     Args:
         url: base URL, e.g. http://127.0.0.1:8000.  token: API key sent as `Authorization: Bearer`.
         retries: attempts after a 503 or a refused connection.  backoff_s: first wait, doubled each retry.
-        timeout_s: per-request timeout.
+        timeout_s: per-request timeout.  max_wait_s: longest single wait between attempts.
     """
 
     def __init__(
-        self, url: str, token: str | None = None, retries: int = 5, backoff_s: float = 0.1, timeout_s: float = 60.0
+        self,
+        url: str,
+        token: str | None = None,
+        retries: int = 5,
+        backoff_s: float = 0.1,
+        timeout_s: float = 60.0,
+        max_wait_s: float = 10.0,
     ):
-        self.url, self.retries, self.backoff_s, self.timeout_s = url.rstrip("/"), retries, backoff_s, timeout_s
+        self.url, self.timeout_s = url.rstrip("/"), timeout_s
+        retry = Retry(
+            total=retries,
+            connect=retries,
+            read=0,  # a request that reached the model is not sent twice
+            status=retries,
+            status_forcelist=(503,),
+            allowed_methods=None,  # POST too: a 503 means the request was not processed
+            backoff_factor=backoff_s,
+            backoff_max=max_wait_s,
+            respect_retry_after_header=True,
+            raise_on_status=False,  # the last 503 comes back as an answer, raised as APIError below
+        )
         self.session = requests.Session()
+        adapter = HTTPAdapter(max_retries=retry, pool_maxsize=32)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
         self.encoder_id: str | None = None
 
+    def _request(self, method: str, path: str, **kw) -> requests.Response:
+        resp = self.session.request(method, f"{self.url}{path}", timeout=self.timeout_s, **kw)
+        if resp.status_code >= 400:
+            try:
+                err = resp.json()["error"]
+                raise APIError(resp.status_code, err["code"], err["message"])
+            except (ValueError, KeyError, TypeError):
+                raise APIError(resp.status_code, "http_error", resp.text[:500]) from None
+        return resp
+
     def _post(self, path: str, images: Sequence[Any], params: dict[str, str], accept: str) -> requests.Response:
         files = [("files", (f"{i}", *_encode(im))) for i, im in enumerate(images)]
-        wait = self.backoff_s
-        for attempt in range(self.retries + 1):
-            try:
-                resp = self.session.post(
-                    f"{self.url}{path}", files=files, params=params, headers={"Accept": accept}, timeout=self.timeout_s
-                )
-            except requests.ConnectionError:
-                if attempt == self.retries:
-                    raise
-                time.sleep(wait)
-                wait *= 2
-                continue
-            if resp.status_code == 503 and attempt < self.retries:
-                retry_after = float(resp.headers.get("Retry-After", 0) or 0)
-                log.debug("503 from %s, retrying in %.2f s", path, max(wait, retry_after))
-                time.sleep(max(wait, min(retry_after, 10 * wait)))
-                wait *= 2
-                continue
-            if resp.status_code >= 400:
-                try:
-                    err = resp.json()["error"]
-                    raise APIError(resp.status_code, err["code"], err["message"])
-                except (ValueError, KeyError, TypeError):
-                    raise APIError(resp.status_code, "http_error", resp.text[:500]) from None
-            return resp
-        raise AssertionError("unreachable")
+        return self._request("POST", path, files=files, params=params, headers={"Accept": accept})
 
     def embed(self, images: Sequence[Any], tokens: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """(n, D) float32 embeddings; with `tokens`, also the (n, gh, gw, D) token grids."""
@@ -113,9 +123,8 @@ class Client:
         return {h["name"]: h["outputs"] for h in body["heads"]}
 
     def models(self) -> dict[str, Any]:
-        resp = self.session.get(f"{self.url}/v1/models", timeout=self.timeout_s)
-        resp.raise_for_status()
-        return resp.json()
+        """The encoder's and heads' cards."""
+        return self._request("GET", "/v1/models").json()
 
     def close(self) -> None:
         self.session.close()

@@ -29,7 +29,15 @@ class ServeConfig:
         request_timeout_s: a request whose images are not embedded in this time gets 503.
         max_body_bytes: larger request bodies get 413.
         max_images: more images in one request get 413.
-        max_pixels: images with more pixels than this (decompression bombs) get 413 before they are decoded.
+        max_pixels: images with more pixels than this (decompression bombs) get 413 before they are decoded; 0 =
+            `max_pixels_factor` x the model input's pixels, at least a 4K frame's (3840 x 2160).
+        max_pixels_factor: see `max_pixels`.
+        pixels_in_flight: decoded pixels one worker holds at once, all requests together (a decode waits for room,
+            503 after `request_timeout_s`); 0 = the effective `max_pixels`, one largest image at a time.
+        header_timeout_s: a connection whose request head (request line and headers) has not fully arrived this long
+            after its first byte is dropped; until then it waits in the worker's poller, holding no thread.
+        body_timeout_s: longest wait for each read of a request body (and each write of the answer).
+        insecure_no_auth: allow a non-loopback `bind` with no API key configured (refused otherwise).
         api_keys_env: environment variable holding comma-separated API keys.
         api_keys_file: file with one API key per line (`#` comments allowed).
         warmup: run a forward pass per batch shape before /readyz says ready.
@@ -50,10 +58,15 @@ class ServeConfig:
     request_timeout_s: float = 30.0
     max_body_bytes: int = 32 * 1024 * 1024
     max_images: int = 64
-    max_pixels: int = 50_000_000
+    max_pixels: int = 0
+    max_pixels_factor: int = 16
+    pixels_in_flight: int = 0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
     api_keys_env: str = "FTH_API_KEYS"
     api_keys_file: str | None = None
     warmup: bool = True
+    insecure_no_auth: bool = False
     bind: str = "127.0.0.1:8000"
     workers: int = 1
     threads: int = 16

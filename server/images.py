@@ -5,15 +5,25 @@ Accepted: a raw body (image/jpeg, image/png, image/webp), multipart/form-data fi
 of the three, its header-declared pixel count must stay under `max_pixels` (checked from the header, before any
 pixel is decoded), and it must decode completely (truncated files are refused, not padded).
 JPEGs larger than the model input use Pillow's `draft` mode: libjpeg decodes at 1/2, 1/4 or 1/8 scale directly,
-which is several times cheaper than a full decode followed by a resize.
+which is several times cheaper than a full decode followed by a resize (PNG and WebP have no reduced decode).
+
+A small file can decode huge (a 7000x7000 solid PNG is ~150 KB on the wire and 147 MB decoded), so decoded pixels
+in flight are bounded per process by a `PixelBudget`: a decode waits until its pixels fit, and gets 503 when they do
+not fit within the request timeout. `decode(data, size, limits, label, budget)` is the one safe decoder to reuse
+wherever untrusted image bytes are read.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import ctypes
+import ctypes.util
 import io
 import json
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,8 +55,63 @@ def image_size(data: bytes) -> tuple[int, int]:
         return image.height, image.width
 
 
-def decode(data: bytes, size: tuple[int, int], limits: Limits, label: str = "image") -> np.ndarray:
-    """Encoded bytes -> (H, W, 3) uint8 at `size` = (H, W); APIError for anything not a sound, small-enough image."""
+UHD_PIXELS = 3840 * 2160  # the smallest default max_pixels: any camera frame up to 4K is accepted
+
+
+def max_pixels(cfg, size: tuple[int, int]) -> int:
+    """`cfg.max_pixels`, or when 0, `cfg.max_pixels_factor` x the model input's pixels (at least a 4K frame's)."""
+    return cfg.max_pixels or max(cfg.max_pixels_factor * size[0] * size[1], UHD_PIXELS)
+
+
+class PixelBudget:
+    """A counting semaphore in pixels: at most `total` decoded pixels in flight in this process.
+
+    Args:
+        total: pixel budget (at least the largest image allowed, or that image could never be decoded).
+        timeout_s: longest a decode waits for room before the request gets 503.
+    """
+
+    def __init__(self, total: int, timeout_s: float = 30.0):
+        self.total, self.timeout_s = total, timeout_s
+        self.used = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = min(pixels, self.total)
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.used + pixels <= self.total, self.timeout_s):
+                raise APIError(503, "decoder_busy", "too many pixels being decoded; retry later", {"Retry-After": "1"})
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= pixels
+                self._cond.notify_all()
+
+
+def unmap_large_frees() -> bool:
+    """Make glibc return a freed decoded image to the OS instead of keeping it in the thread's malloc arena.
+
+    glibc raises its mmap threshold each time an mmapped block is freed, so after the first large image, image-sized
+    blocks come from per-thread arenas and stay resident: every request thread ends up holding its own largest
+    decode (the probe's worker stayed at 5.9 GB). A fixed threshold (which also turns the dynamic one off) keeps
+    blocks of 1 MiB and more in their own mappings. Returns False where there is no glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(-3, 1 << 20))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError, TypeError):
+        return False
+
+
+def decode(
+    data: bytes, size: tuple[int, int], limits: Limits, label: str = "image", budget: PixelBudget | None = None
+) -> np.ndarray:
+    """Encoded bytes -> (H, W, 3) uint8 at `size` = (H, W); APIError for anything not a sound, small-enough image.
+
+    With `budget`, the decode waits until its pixels fit in the budget (503 `decoder_busy` if they never do)."""
     if not data:
         raise APIError(400, "empty_image", f"{label} is empty")
     try:
@@ -59,8 +124,10 @@ def decode(data: bytes, size: tuple[int, int], limits: Limits, label: str = "ima
             )
         if image.format == "JPEG":
             image.draft("RGB", (size[1], size[0]))  # decodes at the smallest 1/2^k scale still >= (W, H)
-        image.load()
-        return to_array(image, size)
+        w, h = image.size  # after draft: what will really be decoded
+        with budget.hold(w * h) if budget is not None else contextlib.nullcontext():
+            image.load()
+            return to_array(image, size)
     except APIError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as e:
@@ -94,7 +161,7 @@ def read_images(content_type: str, body: bytes, files: list[tuple[str, bytes]] |
     elif mime == "application/json":
         try:
             doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nesting deeper than the stack
             raise APIError(400, "bad_json", f"body is not valid JSON: {e}") from e
         if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
             raise APIError(422, "invalid_json", 'expected a JSON object {"images": ["<base64>", ...]}')
@@ -115,6 +182,8 @@ def read_images(content_type: str, body: bytes, files: list[tuple[str, bytes]] |
     return images
 
 
-def decode_all(images: list[bytes], size: tuple[int, int], limits: Limits) -> np.ndarray:
-    """Encoded images -> (n, H, W, 3) uint8."""
-    return np.stack([decode(b, size, limits, f"image {i}") for i, b in enumerate(images)])
+def decode_all(
+    images: list[bytes], size: tuple[int, int], limits: Limits, budget: PixelBudget | None = None
+) -> np.ndarray:
+    """Encoded images -> (n, H, W, 3) uint8, decoded one at a time."""
+    return np.stack([decode(b, size, limits, f"image {i}", budget) for i, b in enumerate(images)])

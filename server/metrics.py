@@ -1,95 +1,58 @@
-"""Prometheus metrics in the text exposition format 0.0.4, written by hand (no client library needed).
+"""Prometheus metrics of the service, through `prometheus_client`, correct across gunicorn workers.
 
-Counters `fth_requests_total{route,code}`, histograms `fth_request_seconds{route}` (latency),
-`fth_queue_wait_seconds` (time an image waited for its batch) and `fth_batch_size`, and the gauge
-`fth_queue_depth` (images waiting). One `Metrics` object per process; all updates take one lock.
+Counters `fth_requests_total{route,code}`, histograms `fth_request_seconds{route}` (latency), `fth_queue_wait_seconds`
+(time an image waited for its batch) and `fth_batch_size`, gauges `fth_queue_depth` (images waiting for a model) and
+`fth_requests_in_flight`. Under gunicorn, `fth serve` points `PROMETHEUS_MULTIPROC_DIR` at a fresh folder before the
+workers fork: every worker then writes its values to memory-mapped files there and a scrape, whichever worker answers
+it, sums all of them (`MultiProcessCollector`; gauges as the sum over live workers). Without that variable (the
+development server, tests that build the app in-process) each app has its own registry.
 """
 
 from __future__ import annotations
 
-import bisect
-import threading
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-
-
-class Histogram:
-    def __init__(self, buckets: Sequence[float]):
-        self.buckets = tuple(buckets)
-        self.counts = [0] * (len(self.buckets) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.sum += value
-        self.count += 1
-
-    def lines(self, name: str, labels: str = "") -> list[str]:
-        out, running = [], 0
-        sep = "," if labels else ""
-        for bound, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
-            running += n
-            le = "+Inf" if bound == float("inf") else f"{bound:g}"
-            out.append(f'{name}_bucket{{{labels}{sep}le="{le}"}} {running}')
-        brace = f"{{{labels}}}" if labels else ""
-        out += [f"{name}_sum{brace} {self.sum:.6f}", f"{name}_count{brace} {self.count}"]
-        return out
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Metrics:
-    """Process-wide serving metrics.
+    """One process's serving metrics, registered on their own registry (so several apps may live in one process)."""
 
-    Args:
-        queue_depth: returns the number of images currently waiting (read at scrape time).
-    """
-
-    def __init__(self, queue_depth: Callable[[], int] = lambda: 0):
-        self._lock = threading.Lock()
-        self.queue_depth = queue_depth
-        self.requests: dict[tuple[str, int], int] = defaultdict(int)
-        self.latency: dict[str, Histogram] = {}
-        self.queue_wait = Histogram(LATENCY_BUCKETS)
-        self.batch_size = Histogram(BATCH_BUCKETS)
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("fth_requests", "HTTP requests answered, by route and status code.",
+                                ["route", "code"], registry=r)  # fmt: skip
+        self.latency = Histogram("fth_request_seconds", "Request latency in seconds.", ["route"],
+                                 buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.queue_wait = Histogram("fth_queue_wait_seconds", "Time a request waited in the batch queue.",
+                                    buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.batch_size = Histogram("fth_batch_size", "Images per forward pass.", buckets=BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge("fth_queue_depth", "Images waiting for the model.", multiprocess_mode="livesum",
+                                 registry=r)  # fmt: skip
+        self.in_flight = Gauge("fth_requests_in_flight", "API requests being answered.", multiprocess_mode="livesum",
+                               registry=r)  # fmt: skip
 
     def request(self, route: str, code: int, seconds: float) -> None:
-        with self._lock:
-            self.requests[(route, code)] += 1
-            self.latency.setdefault(route, Histogram(LATENCY_BUCKETS)).observe(seconds)
+        self.requests.labels(route, str(code)).inc()
+        self.latency.labels(route).observe(seconds)
 
-    def batch(self, size: int, waits: list[float]) -> None:
-        with self._lock:
-            self.batch_size.observe(size)
-            for w in waits:
-                self.queue_wait.observe(w)
+    def batch(self, size: int, waits: list[float], depth: int) -> None:
+        self.batch_size.observe(size)
+        for w in waits:
+            self.queue_wait.observe(w)
+        self.queue_depth.set(depth)
 
-    def render(self) -> str:
-        with self._lock:
-            lines = [
-                "# HELP fth_requests_total HTTP requests answered, by route and status code.",
-                "# TYPE fth_requests_total counter",
-            ]
-            for (route, code), n in sorted(self.requests.items()):
-                lines.append(f'fth_requests_total{{route="{_escape(route)}",code="{code}"}} {n}')
-            lines += ["# HELP fth_request_seconds Request latency in seconds.", "# TYPE fth_request_seconds histogram"]
-            for route, hist in sorted(self.latency.items()):
-                lines += hist.lines("fth_request_seconds", f'route="{_escape(route)}"')
-            lines += [
-                "# HELP fth_queue_wait_seconds Time a request waited in the batch queue.",
-                "# TYPE fth_queue_wait_seconds histogram",
-                *self.queue_wait.lines("fth_queue_wait_seconds"),
-                "# HELP fth_batch_size Images per forward pass.",
-                "# TYPE fth_batch_size histogram",
-                *self.batch_size.lines("fth_batch_size"),
-                "# HELP fth_queue_depth Images waiting for the model.",
-                "# TYPE fth_queue_depth gauge",
-                f"fth_queue_depth {self.queue_depth()}",
-            ]
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        """The text exposition: every worker's values summed under gunicorn, this process's otherwise."""
+        if os.environ.get(MULTIPROC_ENV):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

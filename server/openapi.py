@@ -1,7 +1,7 @@
 """The OpenAPI 3.0.3 document of API v1, built as a dict and served at `/openapi.json`.
 
-The tests check the running app against this document (every documented status, response schemas, and a
-hypothesis fuzz generated from the request schemas), so it is the contract, not decoration.
+The tests run schemathesis against a live server from this document (valid and invalid requests, every answer
+checked against it), so it is the contract, not decoration.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ ERRORS = {
     "404": _error("Unknown route or head."),
     "405": _error("Method not allowed on this route."),
     "406": _error("None of the types in Accept can be produced."),
+    "408": _error("The request body did not arrive in time."),
     "413": _error("Body too large, too many images, or an image with too many pixels."),
     "415": _error("Unsupported Content-Type or image format."),
     "422": _error("Well-formed JSON of the wrong shape, or invalid base64."),
@@ -67,7 +68,9 @@ SCHEMAS: dict[str, Any] = {
     "ImagesJSON": {
         "type": "object",
         "required": ["images"],
-        "properties": {"images": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "byte"}}},
+        "properties": {
+            "images": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "byte", "minLength": 1}}
+        },
     },
     "Embeddings": {
         "type": "object",
@@ -225,6 +228,7 @@ def document(version: str = "1") -> dict[str, Any]:
                         "400",
                         "401",
                         "406",
+                        "408",
                         "413",
                         "415",
                         "422",
@@ -250,6 +254,7 @@ def document(version: str = "1") -> dict[str, Any]:
                         "400",
                         "401",
                         "404",
+                        "408",
                         "413",
                         "415",
                         "422",

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import PurePath
 
 import numpy as np
 import torch
 from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from server.batcher import Job, QueueFull, Stopped
-from server.images import APIError, Limits, decode_all, image_size, read_images
+from server.images import APIError, decode_all, image_size, read_images
+from server.metrics import CONTENT_TYPE
 from server.openapi import NPY, SAFETENSORS, document
 
 bp = Blueprint("api", __name__)
@@ -27,29 +30,49 @@ def _service():
 
 
 def _flag(name: str) -> bool:
-    raw = request.args.get(name, "false").strip().lower()
-    if raw in ("1", "true", "yes"):
-        return True
-    if raw in ("0", "false", "no", ""):
-        return False
+    """A boolean query parameter, as OpenAPI writes one: `true` or `false` (absent = false)."""
+    raw = request.args.get(name, "false")
+    if raw in ("true", "false"):
+        return raw == "true"
     raise APIError(400, "bad_parameter", f"query parameter {name}={raw!r} must be true or false")
+
+
+def _buffer_chunked(limit: int) -> None:
+    """A chunked body has no Content-Length to refuse up front: read it up to `limit` + 1 bytes and answer 413 past
+    the limit (werkzeug's limited stream would stop at the limit and hand on a silently truncated body)."""
+    env = request.environ
+    if request.content_length is not None:
+        return
+    stream, chunks, size = env["wsgi.input"], [], 0
+    while chunk := stream.read(min(1 << 20, limit + 1 - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise RequestEntityTooLarge()
+    env["wsgi.input"], env["CONTENT_LENGTH"] = io.BytesIO(b"".join(chunks)), str(size)
+    env.pop("wsgi.input_terminated", None)
 
 
 def _run(needs: frozenset[str]) -> tuple[dict, int, list[tuple[int, int]]]:
     """Read, decode and embed the request's images; returns (rows by need, image count, each image's (H, W))."""
+
     service = _service()
     cfg = service.cfg
     if not service.ready.is_set():
         raise APIError(503, "not_ready", "model is loading or warming up", {"Retry-After": str(cfg.retry_after_s)})
-    limits = Limits(cfg.max_images, cfg.max_pixels)
+    limits = service.limits
     service.batcher.expect(+1)
     try:
+        _buffer_chunked(cfg.max_body_bytes)
         multipart = request.mimetype == "multipart/form-data"
         files = [(name, f.read()) for name, f in request.files.items(multi=True)] if multipart else None
         encoded = read_images(request.content_type, request.get_data(cache=False), files, limits)
-        images = decode_all(encoded, service.runner.size, limits)
+        images = decode_all(encoded, service.runner.size, limits, service.pixels)
         sizes = [image_size(data) for data in encoded]
         job = service.batcher.submit(Job(images, needs))
+        service.metrics.queue_depth.set(service.batcher.depth)
+    except TimeoutError as e:  # a body read outlasted body_timeout_s (server.worker)
+        raise APIError(408, "body_timeout", f"request body not received in time: {e}") from e
     except QueueFull as e:
         raise APIError(503, "queue_full", f"server busy: {e}", {"Retry-After": str(cfg.retry_after_s)}) from e
     except Stopped as e:
@@ -128,10 +151,22 @@ def predict() -> Response:
     return resp
 
 
+def _public(value):
+    """A card as clients see it: absolute paths of this host (run folders, workspaces) cut to their last name."""
+    if isinstance(value, dict):
+        return {k: _public(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_public(v) for v in value]
+    if isinstance(value, str) and PurePath(value).is_absolute():
+        return PurePath(value).name
+    return value
+
+
 @bp.get("/v1/models")
 def models() -> Response:
     runner = _service().runner
-    return jsonify({"encoder": runner.card.to_json(), "heads": [h.card.to_json() for h in runner.heads.values()]})
+    cards = {"encoder": runner.card.to_json(), "heads": [h.card.to_json() for h in runner.heads.values()]}
+    return jsonify(_public(cards))
 
 
 @bp.get("/healthz")
@@ -149,11 +184,7 @@ def readyz() -> Response:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    service = _service()
-    text = (
-        service.metrics.render() + f"# TYPE fth_requests_in_flight gauge\nfth_requests_in_flight {service.in_flight}\n"
-    )
-    return Response(text, mimetype="text/plain; version=0.0.4")
+    return Response(_service().metrics.render(), content_type=CONTENT_TYPE)
 
 
 @bp.get("/openapi.json")

@@ -285,8 +285,9 @@ class Catalog:
     # -- checking and retention ----------------------------------------------------------------------------------
 
     def verify(self, source: str | None = None, hashes: bool = True) -> dict[str, list[str]]:
-        """Rows whose file is missing or whose bytes do not hash to the id, and frame files with no row."""
-        problems: dict[str, list[str]] = {"missing": [], "corrupt": [], "orphans": []}
+        """Rows whose file is missing or whose bytes do not hash to the id, frame files with no row, and rows an
+        interrupted write or delete left pending (`recover` settles them; a running writer has a few in flight)."""
+        problems: dict[str, list[str]] = {"missing": [], "corrupt": [], "orphans": [], "pending": []}
         known = set()
         for row in self.iter_frames(source):
             path = self.root / row.path
@@ -295,7 +296,9 @@ class Catalog:
                 problems["missing"].append(row.id)
             elif hashes and _sha256_file(path) != row.id:
                 problems["corrupt"].append(row.id)
-        pending = {r[0] for r in self._exec("SELECT path FROM frames WHERE state != 'ok'")}
+        pending_rows = self._exec("SELECT id, path, source FROM frames WHERE state != 'ok'")
+        problems["pending"] = [r[0] for r in pending_rows if source is None or r[2] == source]
+        pending = {r[1] for r in pending_rows}
         base = self.root / "frames" / source if source else self.root / "frames"
         if base.is_dir():
             for path in base.rglob("*"):
@@ -303,6 +306,24 @@ class Catalog:
                 if path.is_file() and rel not in known and rel not in pending and not rel.endswith(".tmp"):
                     problems["orphans"].append(rel)
         return problems
+
+    def repair(self, hashes: bool = True) -> dict[str, int]:
+        """Make `verify` clean again after damage no crash journal covers: a row whose file is missing is removed; a
+        row whose file is corrupt is removed and the file moved to `<root>/quarantine/`, as is a frame file with no
+        row. Nothing is deleted that could still be looked at. Run `recover` first (pending rows are left alone)."""
+        problems = self.verify(hashes=hashes)
+        by_id = {r.id: r for r in self.iter_frames() if r.id in set(problems["missing"] + problems["corrupt"])}
+        for frame_id in problems["corrupt"]:
+            self._quarantine(by_id[frame_id].path)
+        self.delete(problems["missing"] + problems["corrupt"])
+        for rel in problems["orphans"]:
+            self._quarantine(rel)
+        return {k: len(problems[k]) for k in ("missing", "corrupt", "orphans")}
+
+    def _quarantine(self, rel: str) -> None:
+        target = self.root / "quarantine" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (self.root / rel).replace(target)
 
     def enforce_retention(
         self, max_bytes: int = 0, max_age_s: float = 0, source: str | None = None, now: datetime | None = None

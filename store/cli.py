@@ -4,7 +4,8 @@ fth frames count [--source S] [--by-day]
 fth frames list [--source S] [--day YYYY-MM-DD] [--limit N]
 fth frames verify [--source S] [--no-hash]      exit 1 when a file is missing/corrupt or has no row
 fth frames export OUT.csv|OUT.txt [--source S] [--day D] [--no-stale] [--no-duplicates] [--absolute]
-fth frames recover                              finish or undo writes a crash interrupted
+fth frames recover [--no-hash]                  settle interrupted writes; remove rows of missing files, quarantine
+                                                corrupt files and orphans
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--no-duplicates", action="store_true")
     e.add_argument("--absolute", action="store_true", help="absolute paths instead of paths relative to the root")
     e.set_defaults(func=cmd_export)
-    r = fs.add_parser("recover", help="finish or roll back interrupted writes (the collector does this at start)")
+    r = fs.add_parser(
+        "recover", help="settle interrupted writes, then repair missing/corrupt files (not while collecting)"
+    )
+    r.add_argument("--no-hash", action="store_true", help="repair missing files only, without hashing every file")
     r.set_defaults(func=cmd_recover)
 
 
@@ -109,6 +113,8 @@ def cmd_verify(args) -> int:
             print(f"{kind}: ... {len(items) - 20} more")
     bad = sum(len(v) for v in problems.values())
     print(f"{n} frames checked: {', '.join(f'{len(v)} {k}' for k, v in problems.items())}")
+    if bad:
+        print("run `fth frames recover` (with no collector running) to settle pending rows and repair the rest")
     return 1 if bad else 0
 
 
@@ -134,7 +140,17 @@ def cmd_export(args) -> int:
 
 
 def cmd_recover(args) -> int:
-    with _catalog(args, recover=False) as cat:
-        done = cat.recover()
+    from store.lock import WorkspaceBusy, workspace_lock
+    from store.paths import Workspace
+
+    try:
+        with workspace_lock(Workspace.at(args.workspace), "fth frames recover"), _catalog(args) as cat:
+            done = cat.recover()
+            repaired = cat.repair(hashes=not args.no_hash)
+    except WorkspaceBusy as e:
+        print(f"fth frames recover: {e}", file=sys.stderr)
+        return 1
     print(", ".join(f"{v} {k}" for k, v in done.items()))
+    print(f"rows removed for missing files: {repaired['missing']}; moved to quarantine/: "
+          f"{repaired['corrupt']} corrupt, {repaired['orphans']} orphans")  # fmt: skip
     return 0

@@ -6,9 +6,9 @@
 
 A table is named by `store.recipe.table_name`: `pooled` ((D,) vectors for every frame) or `tokens` / `tokens.<layer>`
 ((gh, gw, D) grids for the frames that need them). Each writer (one per rank of `fth embed`) owns its shard files and
-its index file, so ranks never contend. A batch is written into the memory-mapped shard and flushed before its index lines are appended and
-fsynced: after a crash, every indexed row holds its vector, and unindexed rows are simply embedded again. Shards
-are the .npy format (NEP 1), so `np.load(path, mmap_mode="r")` reads them without this module.
+its index file, so ranks never contend. A batch is written into the memory-mapped shard and flushed before its index
+lines are appended and fsynced: after a crash, every indexed row holds its vector, and unindexed rows are simply
+embedded again. Shards are the .npy format (NEP 1), so `np.load(path, mmap_mode="r")` reads them without this module.
 """
 
 from __future__ import annotations

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from server.heads import save_linear_head
+from serving import clock_minutes, linear_head, tiny_encoder
 from werkzeug.serving import make_server
 
 from encoder.preprocess import prepare
 from server.app import create_app
 from server.client import APIError, Client
-from server.testing import tiny_encoder
 from store.artifacts import Registry
 
 
@@ -24,7 +23,7 @@ def live(workspace, monkeypatch):
     monkeypatch.setenv("FTH_API_KEYS", "k1")
     model, card = tiny_encoder(workspace)
     linear = torch.nn.Linear(model.cfg.dim, 2)
-    save_linear_head(Registry(workspace.artifacts), linear, card.id, "pair")
+    linear_head(Registry(workspace.artifacts), linear, card.id, "pair")
     app = create_app({"workspace": str(workspace.root), "warmup": False})
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -46,13 +45,13 @@ def test_embed_tokens_predict(live, tmp_path):
     with torch.inference_mode():
         want = model.embed(x).numpy()
         grids = model.forward_features(x).numpy()
-        heads = linear(model.embed(x)).numpy()
+        heads = clock_minutes(linear(model.embed(x)))
     assert emb.dtype == np.float32 and emb.shape == (3, model.cfg.dim) and client.encoder_id == card.id
     np.testing.assert_allclose(emb, want, atol=2e-4)
     emb2, tokens = client.embed(arrays, tokens=True)
     np.testing.assert_allclose(tokens, grids, atol=2e-4)
     out = client.predict(arrays, ["pair"])
-    np.testing.assert_allclose([o["values"] for o in out["pair"]], heads, atol=2e-4)
+    np.testing.assert_allclose([o["minutes"] for o in out["pair"]], heads, atol=0.1)
     assert client.models()["encoder"]["id"] == card.id
 
 
@@ -74,3 +73,11 @@ def test_retries_503_then_succeeds_and_raises_other_errors(live):
     with pytest.raises(APIError) as e:
         Client(url, "k1").predict([np.zeros((8, 8, 3), np.uint8)], ["nope"])
     assert e.value.status == 404 and e.value.code == "unknown_head"
+
+
+def test_models_raises_the_clients_error(live):
+    """Issue 15: `Client.models()` raised requests' HTTPError; it raises APIError like the other calls."""
+    url, *_ = live
+    with pytest.raises(APIError) as e:
+        Client(url, "wrong").models()
+    assert e.value.status == 401 and e.value.code == "unauthorized"

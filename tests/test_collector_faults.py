@@ -16,7 +16,7 @@ from collector.supervisor import backoff_delay
 from store.catalog import Catalog
 from tests.collector_helpers import FaultServer, Publisher, collector_ffmpegs, wait_for
 
-CLEAN = {"missing": [], "corrupt": [], "orphans": []}
+CLEAN = {"missing": [], "corrupt": [], "orphans": [], "pending": []}
 
 
 def config(*sources: SourceConfig, **kw) -> CollectorConfig:

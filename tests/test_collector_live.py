@@ -17,7 +17,7 @@ from collector.sources import detect_kind, resolve_ytdlp, url_expiry
 from store.catalog import Catalog
 from tests.collector_helpers import FaultServer, Publisher, collector_ffmpegs, wait_for
 
-CLEAN = {"missing": [], "corrupt": [], "orphans": []}
+CLEAN = {"missing": [], "corrupt": [], "orphans": [], "pending": []}
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import torch
 from PIL import Image
+from serving import REPO, tiny_encoder
 
 from encoder.embed import EmbedConfig, catalog_frames, load_frame, owner, run_embed
 from encoder.preprocess import normalize
-from server.testing import REPO, tiny_encoder
 from store.catalog import Catalog
 from store.embeddings import EmbeddingStore
 from store.paths import Workspace

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from serving import tiny_encoder
 
 from collector.config import SimConfig
 from collector.sim import frame, write_labels
@@ -32,7 +33,6 @@ from encoder.config import MAEConfig
 from encoder.vit import ViT
 from fth.cli import main
 from fth.config import build
-from server.testing import tiny_encoder
 from store.artifacts import Registry
 from store.catalog import Catalog
 from store.paths import Workspace

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from serving import tiny_encoder
 
 from encoder.preprocess import prepare
 from heads import artifact
 from heads.models import HeadConfig, build_head
 from heads.tasks import TaskConfig, make_task
 from server.app import create_app
-from server.testing import tiny_encoder
 from store.artifacts import Registry
 from store.recipe import FeatureRecipe
 

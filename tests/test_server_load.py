@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import requests
 from PIL import Image
+from serving import LiveServer, tiny_encoder
 
-from server.testing import LiveServer, tiny_encoder
 from store.paths import Workspace
 
 
@@ -43,6 +43,7 @@ def test_flood_beyond_queue_gets_503_then_sigterm_drains_in_flight(tmp_path):
     ws = Workspace.at(tmp_path)
     _, card = tiny_encoder(ws)
     small_queue = {"encoder": card.id, "queue_images": 16, "max_images": 16, "max_batch": 16, "threads": 32}
+    small_queue |= {"max_pixels": 20_000_000, "pixels_in_flight": 64_000_000}  # four 16-megapixel decodes at once
     server = LiveServer(ws.root, small_queue).start()
     try:
         files = [("files", (f"{i}.png", png(i, (64, 96)), "image/png")) for i in range(16)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -12,6 +13,8 @@ from PIL import Image
 from collector.config import SimConfig
 from collector.sim import CLASSES, IGNORE, depth_png, frame, read_stamp, write_labels
 from collector.sim_scene import daylight, render
+from fth.cli import main
+from fth.config import to_dict
 from store.catalog import Catalog
 
 
@@ -105,3 +108,35 @@ def test_write_labels_joins_on_frame_id(workspace, tmp_path):
         assert depth.max() == 65535 and depth_png(truth.depth).max() == 65535
     assert [int(line.split(",")[1]) for line in lines] == [*indexes, indexes[-1]]
     assert (tmp_path / "labels" / "people.csv").read_text().startswith("frame_id,value\n")
+
+
+def test_sim_labels_counts_an_empty_frame_file_as_unreadable(workspace, tmp_path, capsys):
+    """Issue 15, finding 11: a zero-byte catalogued frame is counted unreadable, not an UnidentifiedImageError."""
+    cfg = SimConfig()
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    with Catalog(workspace.root) as cat:
+        rows = [cat.add_frame(through_jpeg_bytes(frame(cfg, i)[0]), "sim", t0, 320, 192)[0] for i in (3, 40)]
+    (workspace.root / rows[0].path).write_bytes(b"")
+    sim_dir = tmp_path / "simdir"
+    sim_dir.mkdir()
+    (sim_dir / "sim.json").write_text(json.dumps({"sim": to_dict(cfg), "epoch": 0.0}))
+    code = main(["sim", "labels", "--source", "sim", "--out", str(tmp_path / "out"), "--sim", str(sim_dir),
+                 "--workspace", str(workspace.root), "--no-dense"])  # fmt: skip
+    assert code == 0
+    assert "1 of 2 frames labelled (1 unreadable)" in capsys.readouterr().out
+
+
+def test_sim_labels_without_its_sim_folder_says_so(workspace, tmp_path, capsys):
+    """Issue 15, finding 11: no sim folder for the source is a one-line error, not a FileNotFoundError traceback."""
+    Catalog(workspace.root).close()
+    code = main(["sim", "labels", "--source", "nosuch", "--out", str(tmp_path / "out"), "--workspace",
+                 str(workspace.root)])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "sim.json" in err and "--sim" in err and "Traceback" not in err
+
+
+def through_jpeg_bytes(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=90)
+    return buf.getvalue()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -73,7 +74,7 @@ def test_recover_after_crash(workspace):
     with Catalog(workspace.root) as cat:  # a writer opening the catalog recovers
         assert cat.get(done.id) is not None and cat.get(lost.id) is None and cat.get(good[0].id) is None
         assert cat.count() == 3
-        assert cat.verify() == {"missing": [], "corrupt": [], "orphans": []}
+        assert cat.verify() == {"missing": [], "corrupt": [], "orphans": [], "pending": []}
         assert not list(workspace.frames.rglob("*.tmp"))
 
 
@@ -84,7 +85,12 @@ def test_verify_finds_missing_corrupt_orphans(workspace):
         (workspace.root / rows[1].path).write_bytes(b"x")
         (workspace.frames / "cam" / "stray.jpg").write_bytes(b"y")
         problems = cat.verify()
-    assert problems == {"missing": [rows[0].id], "corrupt": [rows[1].id], "orphans": ["frames/cam/stray.jpg"]}
+    assert problems == {
+        "missing": [rows[0].id],
+        "corrupt": [rows[1].id],
+        "orphans": ["frames/cam/stray.jpg"],
+        "pending": [],
+    }
     assert fth(["frames", "verify"]) == 1
 
 
@@ -99,7 +105,7 @@ def test_retention_by_bytes_and_age(workspace):
         assert cat.total_bytes("cam") <= per * 6.5 and cat.count("other") == 3
         assert cat.enforce_retention(max_age_s=3 * 60, now=T0 + timedelta(minutes=9, seconds=30)) == 3 + 3
         assert [r.id for r in cat.frames("cam")] == [r.id for r in rows[7:]]
-        assert cat.verify() == {"missing": [], "corrupt": [], "orphans": []}
+        assert cat.verify() == {"missing": [], "corrupt": [], "orphans": [], "pending": []}
         assert len(list(workspace.frames.rglob("*.jpg"))) == 3
 
 
@@ -119,3 +125,37 @@ def test_frames_cli(workspace, tmp_path, capsys):
     txt = tmp_path / "list.txt"
     assert fth(["frames", "export", str(txt), "--absolute"]) == 0
     assert all(p.startswith("/") and p.endswith(".jpg") for p in txt.read_text().split())
+
+
+def test_verify_reports_interrupted_writes_and_deletes(workspace, capsys):
+    """Issue 15, finding 13: rows a crash left `writing` or `deleting` are problems until `fth frames recover`."""
+    with Catalog(workspace.root) as cat:
+        rows = fill(cat, 3)
+        cat._exec("UPDATE frames SET state = 'writing' WHERE id = ?", (rows[0].id,))
+        cat._exec("UPDATE frames SET state = 'deleting' WHERE id = ?", (rows[1].id,))
+    assert fth(["frames", "--workspace", str(workspace.root), "verify"]) == 1
+    out = capsys.readouterr().out
+    assert "2 pending" in out and "fth frames recover" in out
+    assert fth(["frames", "--workspace", str(workspace.root), "recover"]) == 0
+    assert fth(["frames", "--workspace", str(workspace.root), "verify"]) == 0
+
+
+def test_recover_repairs_missing_and_corrupt_files(workspace, capsys):
+    """Issue 15, finding 13: rows whose file is gone or corrupt are removed (a corrupt file and an orphan are moved to
+    quarantine/, not deleted), so verify turns green."""
+    with Catalog(workspace.root) as cat:
+        rows = fill(cat, 4)
+    (workspace.root / rows[0].path).unlink()
+    (workspace.root / rows[1].path).write_bytes(b"not the frame")
+    orphan = workspace.root / "frames" / "cam" / "stray.jpg"
+    orphan.write_bytes(jpeg(99))
+    assert fth(["frames", "--workspace", str(workspace.root), "verify"]) == 1
+    capsys.readouterr()
+    assert fth(["frames", "--workspace", str(workspace.root), "recover"]) == 0
+    out = capsys.readouterr().out
+    assert "missing files: 1" in out and "1 corrupt" in out and "1 orphans" in out, out
+    assert fth(["frames", "--workspace", str(workspace.root), "verify"]) == 0
+    with Catalog(workspace.root) as cat:
+        assert [r.id for r in cat.frames()] == [r.id for r in rows[2:]]
+    quarantined = sorted(p.name for p in (workspace.root / "quarantine").rglob("*") if p.is_file())
+    assert quarantined == sorted([Path(rows[1].path).name, "stray.jpg"])

@@ -1,4 +1,4 @@
-"""Helpers for tests and benchmarks: a registered tiny encoder, and a real gunicorn `fth serve` on a free port.
+"""Test helpers (also for bench/serve.py): a registered tiny encoder, and a real gunicorn `fth serve` on a free port.
 
 `LiveServer` starts `python -m fth serve` as a subprocess on a loopback port chosen at runtime, waits for `/readyz`,
 and stops it with SIGTERM (graceful drain) on exit. Nothing here is used by the service itself.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,13 +17,10 @@ from typing import Any
 
 import requests
 
+from fth.procs import free_port
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["REPO", "LiveServer", "free_port", "tiny_encoder"]
 
 
 def tiny_encoder(workspace, seed: int = 0, preset: str = "tiny"):
@@ -41,6 +37,31 @@ def tiny_encoder(workspace, seed: int = 0, preset: str = "tiny"):
     model = ViT(build(MAEConfig, preset).encoder).eval()
     card = save_encoder(model, Registry(workspace.artifacts), name=f"{preset}-{seed}")
     return model, card
+
+
+def linear_head(
+    registry, linear, encoder_id: str, name: str, task: str = "time_of_day", form: str = "pooled",
+    layers: tuple[int, ...] = (-1,), grid: tuple[int, int] = (0, 0),
+):  # fmt: skip
+    """Register an `nn.Linear` as a head of a built-in `task` (a linear probe with identity standardisation): the
+    simplest head a test can compute by hand. Grid features are mean-pooled before the linear map."""
+    from heads.artifact import TrainedHead, save_head
+    from heads.models import HeadConfig, build_head
+    from heads.tasks import make_task
+    from store.recipe import FeatureRecipe
+
+    cfg = HeadConfig(kind="linear", in_dim=linear.in_features, out_dim=linear.out_features, grid=grid)
+    module = build_head(cfg)
+    module.body.fc.load_state_dict(linear.state_dict())
+    recipe = FeatureRecipe(form, layers, "mean", grid, linear.in_features)  # type: ignore[arg-type]
+    return save_head(TrainedHead(module.eval(), make_task(task), recipe, cfg, encoder_id), registry, name=name)
+
+
+def clock_minutes(out) -> list[float]:
+    """time_of_day outputs (B, 2) = (sin, cos) -> minutes after midnight, as the task answers them."""
+    import math
+
+    return [round(((math.atan2(s, c) * 86400 / (2 * math.pi)) % 86400) / 60, 2) for s, c in out.tolist()]
 
 
 class LiveServer:
