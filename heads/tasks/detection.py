@@ -186,9 +186,6 @@ class Detection(Task):
     def readers(self):
         return {"coco": _read_coco, "labelstudio": _read_label_studio}
 
-    def head_defaults(self) -> dict[str, Any]:
-        return {"upsample": 0, "prior": False}  # one prediction per grid cell
-
     # -- targets ---------------------------------------------------------------------------------------------------
 
     def targets(self, values: Any) -> torch.Tensor:
