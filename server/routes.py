@@ -37,6 +37,14 @@ def _flag(name: str) -> bool:
     raise APIError(400, "bad_parameter", f"query parameter {name}={raw!r} must be true or false")
 
 
+def _known_params(*names: str) -> None:
+    """Refuse query parameters the route does not define (a typo would otherwise be silently ignored)."""
+    unknown = sorted(set(request.args) - set(names))
+    if unknown:
+        allowed = ", ".join(names) or "none"
+        raise APIError(400, "bad_parameter", f"unknown query parameter(s) {', '.join(unknown)}; allowed: {allowed}")
+
+
 def _buffer_chunked(limit: int) -> None:
     """A chunked body has no Content-Length to refuse up front: read it up to `limit` + 1 bytes and answer 413 past
     the limit (werkzeug's limited stream would stop at the limit and hand on a silently truncated body)."""
@@ -93,6 +101,7 @@ def _run(needs: frozenset[str]) -> tuple[dict, int, list[tuple[int, int]]]:
 
 @bp.post("/v1/embed")
 def embed() -> Response:
+    _known_params("tokens")
     tokens = _flag("tokens")
     accept = request.accept_mimetypes
     kind = "application/json"
@@ -128,6 +137,7 @@ def embed() -> Response:
 
 @bp.post("/v1/predict")
 def predict() -> Response:
+    _known_params("heads")
     heads = _service().runner.heads
     wanted = [h.strip() for h in request.args.get("heads", "").split(",") if h.strip()] or sorted(heads)
     by_id = {h.id: name for name, h in heads.items()}

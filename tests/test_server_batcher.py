@@ -84,15 +84,15 @@ def test_bounded_queue_and_drain_on_stop():
 
 
 def test_metrics_exposition():
-    metrics = Metrics(queue_depth=lambda: 3)
+    metrics = Metrics()
     metrics.request("/v1/embed", 200, 0.004)
     metrics.request("/v1/embed", 503, 0.0001)
-    metrics.batch(4, [0.001, 0.002])
-    text = metrics.render()
-    assert 'fth_requests_total{route="/v1/embed",code="503"} 1' in text
-    assert 'fth_request_seconds_bucket{route="/v1/embed",le="0.005"} 2' in text
-    assert 'fth_batch_size_bucket{le="4"} 1' in text and "fth_queue_wait_seconds_count 2" in text
-    assert "fth_queue_depth 3" in text and text.endswith("\n")
+    metrics.batch(4, [0.001, 0.002], depth=3)
+    text = metrics.render().decode()
+    assert 'fth_requests_total{code="503",route="/v1/embed"} 1.0' in text
+    assert 'fth_request_seconds_bucket{le="0.005",route="/v1/embed"} 2.0' in text
+    assert 'fth_batch_size_bucket{le="4.0"} 1.0' in text and "fth_queue_wait_seconds_count 2.0" in text
+    assert "fth_queue_depth 3.0" in text and text.endswith("\n")
 
 
 def test_keys_from_env_and_file(tmp_path, monkeypatch):
