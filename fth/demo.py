@@ -9,7 +9,7 @@ Each step is one `fth` command run as a child process (fth.demo_procs), echoed a
     fth train          the tiny MAE on the collected frames; registers the encoder
     fth embed          pooled vectors and token grids into the embedding store
     fth sim labels     the sim's ground truth for every collected frame, keyed by frame id
-    fth heads fit      people count, time of day, depth, segmentation
+    fth heads fit      people count, time of day, depth, segmentation, detection
     fth serve          gunicorn on a free loopback port (background), queried with server.client.Client
 
 then the summary table and `<workspace>/report.md` (fth.report). Everything started is stopped in `finally`,
@@ -203,9 +203,10 @@ class Demo:
             "people_count": ["--labels", lab / "people.csv", "--config", "demo_heads"],
             # the sim's clock: the catalog's local time of day is the wall clock, which moves 2 minutes in the demo
             "time_of_day": ["--labels", lab / "time_of_day.csv", "--config", "demo_heads"],
-            "depth": ["--labels", lab / "depth", "--depth-scale", 100, "--config", "demo_heads_dense"],  # sim: cm
-            "segmentation": ["--labels", lab / "segmentation", "--classes", lab / "classes.json",
-                             "--config", "demo_heads_dense"],
+            # label folders carry their units (depth/depth.json) and classes (segmentation/classes.json)
+            "depth": ["--labels", lab / "depth", "--config", "demo_heads_dense"],
+            "segmentation": ["--labels", lab / "segmentation", "--config", "demo_heads_dense"],
+            "detection": ["--labels", lab / "boxes.json", "--config", "demo_heads_detect"],  # the sim's person boxes
         }  # fmt: skip
         quick = ["--set", "max_steps=100"] if self.args.quick else []
         heads = []

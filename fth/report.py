@@ -14,14 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# task -> (primary metric, unit shown, higher is better); the primary is the metric early stopping watches
-PRIMARY = {
-    "people_count": ("mae", "people", False),
-    "time_of_day": ("mae_minutes", "min", False),
-    "depth": ("absrel", "", False),
-    "segmentation": ("miou", "", True),
-}
-
 
 @dataclass
 class HeadResult:
@@ -33,6 +25,10 @@ class HeadResult:
     higher_is_better: bool
     n_train: int
     n_val: int
+    n_test: int = 0
+    unit: str = ""
+    probe: float | None = None  # a linear probe's value of the metric, when the fit ran one
+    extra: dict[str, Any] = field(default_factory=dict)  # other metrics of note (e.g. detection's implied count)
     plots: list[Path] = field(default_factory=list)
 
     @property
@@ -66,12 +62,14 @@ def training_curve(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def read_head(folder: Path) -> HeadResult:
-    """One head's metrics.json (written by `fth heads fit`) and the PNGs beside it."""
+    """One head's metrics.json (written by `fth heads fit`: it names its primary metric, direction and unit) and the
+    PNGs beside it."""
     doc = json.loads((folder / "metrics.json").read_text())
-    task = doc["task"]
-    metric, _, higher = PRIMARY.get(task, (next(iter(doc.get("metrics", {})), ""), "", False))
+    task, metric, higher = doc["task"], doc["primary"], bool(doc["higher_is_better"])
     value = doc.get("metrics", {}).get(metric)
     base = doc.get("baseline", {}).get(metric)
+    probe = (doc.get("summary", {}).get("probe") or {}).get(metric)
+    extra = {k: v for k, v in doc.get("metrics", {}).items() if k == "count_mae"}
     return HeadResult(
         task=task,
         head_id=doc.get("head_id", folder.name),
@@ -81,6 +79,10 @@ def read_head(folder: Path) -> HeadResult:
         higher_is_better=higher,
         n_train=int(doc.get("n_train", 0)),
         n_val=int(doc.get("n_val", 0)),
+        n_test=int(doc.get("n_test", 0)),
+        unit=doc.get("unit", ""),
+        probe=None if probe is None else float(probe),
+        extra=extra,
         plots=sorted(folder.rglob("*.png")),
     )
 
@@ -102,16 +104,12 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
     if curve:
         rows.append(("MAE loss (start -> end)", f"{curve[0][1]:.4f} -> {curve[-1][1]:.4f} over {curve[-1][0]} steps"))
     for h in results.get("heads", []):
-        unit = PRIMARY.get(h.task, ("", "", False))[1]
         mark = {True: "better", False: "NOT better", None: "?"}[h.beats_baseline]
-        rows.append(
-            (
-                f"head {h.task}",
-                f"{h.metric} {_fmt(h.value)} vs baseline {_fmt(h.baseline)} {unit} ({mark}; val n={h.n_val})".replace(
-                    "  ", " "
-                ),
-            )
-        )
+        probe = f", linear probe {_fmt(h.probe)}" if h.probe is not None else ""
+        count = f", implied count MAE {_fmt(h.extra['count_mae'])}" if "count_mae" in h.extra else ""
+        text = f"{h.metric} {_fmt(h.value)} vs baseline {_fmt(h.baseline)} {h.unit}{probe}{count}"
+        text += f" ({mark}; test n={h.n_test})"
+        rows.append((f"head {h.task}", " ".join(text.split())))
     lat = results.get("latency_ms")
     if lat:
         rows.append(
@@ -153,8 +151,10 @@ def write_report(ws: Path, results: dict[str, Any]) -> Path:
         lines += [
             f"### {h.task} (`{h.head_id}`)",
             "",
-            f"{h.metric} {_fmt(h.value)} against baseline {_fmt(h.baseline)}; "
-            f"{h.n_train} training frames, {h.n_val} validation frames (the latest by capture time).",
+            f"{h.metric} {_fmt(h.value)} against baseline {_fmt(h.baseline)} (the best constant)"
+            + (f" and a linear probe's {_fmt(h.probe)}" if h.probe is not None else "")
+            + f", on {h.n_test} test frames (the latest by capture time; {h.n_train} training frames, {h.n_val} "
+            "validation frames chose the step).",
             "",
         ]
         lines += [f"![{h.task} {p.stem}]({rel(p)})" for p in h.plots] + [""]

@@ -176,7 +176,7 @@ def read_task_csv(path: Path, ctx: Any, task: Any, numeric: bool = True) -> Labe
         bad = [(lines[i], v) for i, v in zip(labels.ids, labels.values, strict=True)
                if not isinstance(v, float) or not math.isfinite(v)]  # fmt: skip
         if bad:
-            raise LabelError(f"{path}: {len(bad)} values are not finite numbers (line: value "
+            raise LabelError(f"{path}: {len(bad)} values are not finite numbers (lines "
                              f"{_first(f'{n}: {v!r}' for n, v in bad)})")  # fmt: skip
     return labels
 

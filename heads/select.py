@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 
-
 def select_random(n: int, k: int, seed: int = 0) -> list[int]:
     """k distinct indices of n, uniformly at random."""
     return np.random.default_rng(seed).permutation(n)[: min(k, n)].tolist()
