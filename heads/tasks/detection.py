@@ -38,7 +38,7 @@ from heads import labels as L
 from heads.tasks.base import LabelContext, Task, TaskConfig, register_task
 
 SCORE_THRESHOLD = 0.3  # answers and implied counts keep boxes at least this confident (option `score_threshold`)
-TOP_K = 50  # most boxes decoded per frame
+TOP_K = 100  # most boxes decoded per frame (COCO's largest maxDets, which its summary's mAP reads)
 COCO_SCALE = 1000.0  # relative boxes are scored as pixels of a 1000x1000 image (only COCO's size buckets see this)
 
 
@@ -164,11 +164,11 @@ def _coco_eval(preds: list[np.ndarray], truths: list[np.ndarray], k: int) -> tup
         gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": c + 1} for c in range(k)]}
         gt.createIndex()
         ev = COCOeval(gt, gt.loadRes(dets), "bbox")
-        ev.params.maxDets = [1, 10, TOP_K]
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return float(max(ev.stats[0], 0.0)), float(max(ev.stats[1], 0.0))
+    # COCOeval answers -1 where a summary has nothing to score
+    return tuple(float("nan") if v < 0 else float(v) for v in ev.stats[:2])  # type: ignore[return-value]
 
 
 @register_task
