@@ -33,6 +33,17 @@ def test_yaml_then_set_override(tmp_path):
     assert cfg.inner.kind == "a"  # untouched default survives a partial override
 
 
+def test_a_file_layers_on_its_base(tmp_path):
+    """`base:` is merged first, so a preset holds only what differs from the one it extends; loops are refused."""
+    (tmp_path / "base.yaml").write_text("name: b\ninner:\n  depth: 5\n  ratio: 0.25\n")
+    (tmp_path / "child.yaml").write_text(f"base: {tmp_path / 'base.yaml'}\ninner:\n  depth: 7\n")
+    cfg = build(Outer, tmp_path / "child.yaml", ["inner.ratio=0.75"])
+    assert cfg.name == "b" and cfg.inner.depth == 7 and cfg.inner.ratio == 0.75
+    (tmp_path / "base.yaml").write_text(f"base: {tmp_path / 'child.yaml'}\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        build(Outer, tmp_path / "child.yaml")
+
+
 def test_unknown_key_names_key_and_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("inner:\n  dpeth: 5\n")

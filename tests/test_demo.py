@@ -63,20 +63,20 @@ def test_quick_demo_runs_every_step_and_stops_everything(tmp_path):
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     for cmd in ("fth sim serve", "fth collect", "fth train", "fth embed", "fth sim labels", "fth serve"):
         assert f"$ {cmd}" in out.stdout or f"$ OMP_NUM_THREADS=1 {cmd}" in out.stdout, cmd
-    assert out.stdout.count("fth heads fit") == 4
+    assert out.stdout.count("fth heads fit") == 5
     assert "Summary" in out.stdout and "server round trip" in out.stdout
 
     summary = json.loads((ws / "summary.json").read_text())
     assert summary["frames"] >= 20
     assert len(summary["curve"]) >= 2 and summary["curve"][-1][0] == 100
     assert len(summary["latency_ms"]) == 10 and all(ms > 0 for ms in summary["latency_ms"])
-    assert sorted(h["task"] for h in summary["heads"]) == ["depth", "people_count", "segmentation", "time_of_day"]
+    assert sorted(h["task"] for h in summary["heads"]) == ["depth", "detection", "people_count", "segmentation", "time_of_day"]
     encoders = [p.name for p in (ws / "artifacts" / "encoder").iterdir()]
     assert encoders == [summary["encoder"]]
     for h in summary["heads"]:
         assert isinstance(h["value"], float) and isinstance(h["baseline"], float), h
         doc = json.loads((ws / "heads" / h["head_id"] / "metrics.json").read_text())
-        assert set(doc) >= HEAD_KEYS and doc["encoder_id"] == summary["encoder"] and doc["n_val"] > 0
+        assert set(doc) >= HEAD_KEYS and doc["encoder_id"] == summary["encoder"] and doc["n_val"] > 0 and doc["n_test"] > 0
         assert h["plots"] >= 1
 
     report = (ws / "report.md").read_text()
@@ -85,8 +85,8 @@ def test_quick_demo_runs_every_step_and_stops_everything(tmp_path):
     assert any("panels/" in link for link in images) and any("heads/" in link for link in images)
     for link in links:
         assert not link.startswith("/") and (ws / link).exists(), link
-    assert len(list((ws / "logs").glob("*.log"))) >= 13
-    assert "heads served: 4" in (ws / "logs" / "client.log").read_text()
+    assert len(list((ws / "logs").glob("*.log"))) >= 14
+    assert "heads served: 5" in (ws / "logs" / "client.log").read_text()
     assert mentioning(str(ws)) == []
 
 
