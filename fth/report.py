@@ -107,7 +107,8 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
         mark = {True: "better", False: "NOT better", None: "?"}[h.beats_baseline]
         probe = f", linear probe {_fmt(h.probe)}" if h.probe is not None else ""
         count = f", implied count MAE {_fmt(h.extra['count_mae'])}" if "count_mae" in h.extra else ""
-        text = f"{h.metric} {_fmt(h.value)} vs baseline {_fmt(h.baseline)} {h.unit}{probe}{count}"
+        unit = f" {h.unit}" if h.unit else ""
+        text = f"{h.metric} {_fmt(h.value)} vs baseline {_fmt(h.baseline)}{unit}{probe}{count}"
         text += f" ({mark}; test n={h.n_test})"
         rows.append((f"head {h.task}", " ".join(text.split())))
     lat = results.get("latency_ms")
