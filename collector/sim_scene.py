@@ -10,10 +10,10 @@ of `max_people` walker slots repeats a period with one crossing per period, swit
 follows the time of day (few people at night). Frame index i is at sim time t = i / fps (walking speed is real
 time); the time of day runs `time_scale` times faster: tod = (start_hour + t * time_scale / 3600) mod 24.
 
-Scene change (`SimConfig.change_at_index`, `SimConfig.change`): from that index on, `lighting` multiplies the lit scene
-by a warm colour cast and lifts it, `camera` moves the horizon up the frame to `MOVED_HORIZON` and pans every building by
-`MOVED_PAN` of the width, and `building` adds one wall in front of the others. Frames before the index are exactly the
-frames of the unchanged scene.
+Scene change (`SimConfig.change_at_index`, `SimConfig.change`): from that index on, `lighting` multiplies the lit
+scene by a warm colour cast and lifts it, `camera` moves the horizon up the frame to `MOVED_HORIZON` and pans every
+building by `MOVED_PAN` of the width, and `building` adds one wall in front of the others. Frames before the index are
+exactly the frames of the unchanged scene.
 """
 
 from __future__ import annotations
