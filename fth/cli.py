@@ -16,7 +16,7 @@ import sys
 from fth.config import ConfigError
 
 # Each module here adds its subcommands; a module that does not exist yet is skipped.
-CLI_MODULES = ("store.cli", "collector.cli", "encoder.cli", "server.cli", "fth.heads_cli", "fth.demo")
+CLI_MODULES = ("store.cli", "collector.cli", "encoder.cli", "server.cli", "fth.heads_cli", "fth.demo", "fth.drift")
 
 
 def add_config_args(parser: argparse.ArgumentParser, default: str | None = None, shown: str | None = None) -> None:
