@@ -31,7 +31,13 @@ class RetentionConfig:
 
 @dataclass
 class SimConfig:
-    """The simulated camera: scene size, frame rate, people, and the accelerated day/night clock."""
+    """The simulated camera: scene size, frame rate, people, the accelerated day/night clock, and a scene change.
+
+    From frame `change_at_index` on (-1: never) the scene changes the way `change` says: `lighting` (a warm, brighter
+    colour cast, as from new street lights or a changed white balance), `camera` (the camera tilted and panned: the
+    horizon and every building move) or `building` (a new building in front of the old ones). Truth follows the
+    change, so labels stay exact; `fth drift` is tested against it.
+    """
 
     height: int = 192
     width: int = 320
@@ -43,6 +49,8 @@ class SimConfig:
     noise: float = 3.0  # sensor noise std (0-255 scale) at full daylight; grows at night
     segment_s: float = 1.0  # HLS segment length and GOP
     list_size: int = 6  # segments kept in the live playlist
+    change_at_index: int = -1  # first frame index of the changed scene; -1 = no change
+    change: Literal["lighting", "camera", "building"] = "lighting"
 
 
 @dataclass

@@ -9,6 +9,11 @@ parallel walls at 30-70 m; people are 1.6-1.9 m tall figures walking across at 6
 of `max_people` walker slots repeats a period with one crossing per period, switched on with a probability that
 follows the time of day (few people at night). Frame index i is at sim time t = i / fps (walking speed is real
 time); the time of day runs `time_scale` times faster: tod = (start_hour + t * time_scale / 3600) mod 24.
+
+Scene change (`SimConfig.change_at_index`, `SimConfig.change`): from that index on, `lighting` multiplies the lit
+scene by a warm colour cast and lifts it, `camera` moves the horizon up the frame to `MOVED_HORIZON` and pans every
+building by `MOVED_PAN` of the width, and `building` adds one wall in front of the others. Frames before the index are
+exactly the frames of the unchanged scene.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ IGNORE = 255
 CAM_HEIGHT, HORIZON, FOCAL = 4.0, 0.38, 0.9
 SKY_DEPTH = np.inf
 MIN_PERSON_PIXELS = 6  # a figure counts as in view when at least this many of its pixels are visible
+MOVED_HORIZON, MOVED_PAN = 0.30, 0.12  # `camera` change: tilted down (horizon higher in the frame), panned
+CAST, LIFT = np.array([1.2, 1.0, 0.75], np.float32), 14.0  # `lighting` change: warm cast (x per channel) and lift
+NEW_BUILDING = (22.0, 14.0, 0.35, 0.3)  # `building` change: depth m, height m, left edge and width (x W)
 
 
 @dataclass
@@ -47,6 +55,11 @@ def sim_time(cfg: SimConfig, index: int) -> tuple[float, float]:
     return t, (cfg.start_hour + t * cfg.time_scale / 3600.0) % 24.0
 
 
+def changed(cfg: SimConfig, index: int) -> bool:
+    """Whether frame `index` shows the changed scene."""
+    return 0 <= cfg.change_at_index <= index
+
+
 def daylight(tod: float) -> float:
     """Illumination factor in [0.06, 1]: sunrise ~6 h, noon 12 h, sunset ~18 h, with a soft twilight."""
     sun = np.sin(2 * np.pi * (tod - 6.0) / 24.0)
@@ -54,13 +67,20 @@ def daylight(tod: float) -> float:
     return float(0.06 + 0.94 * x * x * (3 - 2 * x))
 
 
+def _horizon(cfg: SimConfig, after: bool) -> float:
+    """The horizon row as a fraction of the height, before or after the scene change."""
+    return MOVED_HORIZON if after and cfg.change == "camera" else HORIZON
+
+
 @functools.lru_cache(maxsize=8)
-def _background(key: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Static albedo (H, W, 3) float32, depth (H, W), seg (H, W) and lit-window mask (H, W) for a config."""
+def _background(key: tuple, after: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Static albedo (H, W, 3) float32, depth (H, W), seg (H, W) and lit-window mask (H, W) for a config, before or
+    after its scene change."""
     cfg = SimConfig(*key)
     H, W = cfg.height, cfg.width
     rng = np.random.default_rng([cfg.seed, 7])
-    f, yh = FOCAL * W, HORIZON * H
+    f, yh = FOCAL * W, _horizon(cfg, after) * H
+    pan = MOVED_PAN * W if after and cfg.change == "camera" else 0.0
     rows = np.arange(H, dtype=np.float32)[:, None] + 0.5
     albedo = np.zeros((H, W, 3), np.float32)
     depth = np.full((H, W), SKY_DEPTH, np.float32)
@@ -72,22 +92,32 @@ def _background(key: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     albedo[ground] = (np.array([105, 104, 100], np.float32) + stripes)[ground]
     windows = np.zeros((H, W), bool)
     cols = np.arange(W)[None, :]
-    for _ in range(7):
+    walls = []
+    for _ in range(7):  # drawn in this order from the seeded stream, so the unchanged scene never changes
         zb, hb = rng.uniform(30, 70), rng.uniform(8, 28)
-        x0 = rng.uniform(-0.1, 0.9) * W
-        x1 = x0 + rng.uniform(0.12, 0.35) * W
+        left = rng.uniform(-0.1, 0.9)
+        width = rng.uniform(0.12, 0.35)
+        colour = rng.uniform(60, 190, 3).astype(np.float32)
+        walls.append((zb, hb, left, width, colour, rng.integers(10)))
+    if after and cfg.change == "building":
+        walls.append((*NEW_BUILDING, np.array([150, 95, 75], np.float32), 3))
+    for zb, hb, left, width, colour, lit_seed in walls:
+        x0 = left * W - pan
+        x1 = x0 + width * W
         yb, top = yh + f * CAM_HEIGHT / zb, yh + f * CAM_HEIGHT / zb - f * hb / zb
         box = (rows >= top) & (rows < yb) & (cols >= x0) & (cols < x1) & (depth > zb)
         depth[box], seg[box] = zb, 2
-        albedo[box] = rng.uniform(60, 190, 3).astype(np.float32)
+        albedo[box] = colour
         cell = max(2.0, f * 3.0 / zb)  # 3 m floors and window pitch
         win = box & ((rows - top) % cell < cell * 0.5) & ((cols - x0) % cell < cell * 0.45)
-        lit = (np.floor((rows - top) / cell) * 7 + np.floor((cols - x0) / cell) * 13 + rng.integers(10)) % 10 < 6
+        lit = (np.floor((rows - top) / cell) * 7 + np.floor((cols - x0) / cell) * 13 + lit_seed) % 10 < 6
         windows |= win & lit
+    if after and cfg.change == "building":  # the new wall hides the lit windows behind it
+        windows &= (seg != 2) | (depth != NEW_BUILDING[0]) | (win & lit)
     return albedo, depth, seg, windows
 
 
-def _walkers(cfg: SimConfig, t: float, tod: float) -> list[dict]:
+def _walkers(cfg: SimConfig, t: float, tod: float, horizon: float = HORIZON) -> list[dict]:
     """The figures on screen at sim time t, far to near, each with its screen box and pose."""
     W, f = cfg.width, FOCAL * cfg.width
     out = []
@@ -108,7 +138,7 @@ def _walkers(cfg: SimConfig, t: float, tod: float) -> list[dict]:
             {
                 "z": z,
                 "cx": W / 2 + f * x / z,
-                "feet": HORIZON * cfg.height + f * CAM_HEIGHT / z,
+                "feet": horizon * cfg.height + f * CAM_HEIGHT / z,
                 "hp": f * height / z,
                 "swing": 0.45 * np.sin(2 * np.pi * 1.8 * u),
                 "shirt": rng.uniform(30, 230, 3).astype(np.float32),
@@ -152,10 +182,11 @@ def render(cfg: SimConfig, index: int) -> tuple[np.ndarray, Truth]:
     """Frame `index` of the sim: (rgb (H, W, 3) uint8 without the stamp, exact truth)."""
     H, W = cfg.height, cfg.width
     t, tod = sim_time(cfg, index)
-    albedo0, depth0, seg0, windows = _background(astuple(cfg))
+    after = changed(cfg, index)
+    albedo0, depth0, seg0, windows = _background(astuple(cfg), after)
     albedo, depth, seg = albedo0.copy(), depth0.copy(), seg0.copy()
     inst = np.full((H, W), -1, np.int16)
-    for n, p in enumerate(_walkers(cfg, t, tod)):
+    for n, p in enumerate(_walkers(cfg, t, tod, _horizon(cfg, after))):
         drawn = _draw_person(p, H, W)
         if drawn is None:
             continue
@@ -171,6 +202,8 @@ def render(cfg: SimConfig, index: int) -> tuple[np.ndarray, Truth]:
     img = np.where((seg == 0)[..., None], sky * grad, albedo * light)
     if light < 0.35:
         img[windows & (seg == 2)] = np.array([255, 220, 140], np.float32) * (1.0 - light)
+    if after and cfg.change == "lighting":
+        img = img * CAST + LIFT
     rng = np.random.default_rng([cfg.seed, 17, index])
     img += rng.normal(0.0, cfg.noise * (1 + 3 * (1 - light)), img.shape).astype(np.float32)
     band = stamp_rows(H)

@@ -16,7 +16,11 @@ import sys
 from fth.config import ConfigError
 
 # Each module here adds its subcommands; a module that does not exist yet is skipped.
-CLI_MODULES = ("store.cli", "collector.cli", "encoder.cli", "server.cli", "fth.heads_cli", "fth.demo")
+# fth.model_init adds `init` to encoder.cli's `fth model`, so it comes after it.
+CLI_MODULES = (
+    "store.cli", "collector.cli", "encoder.cli", "server.cli", "fth.heads_cli", "fth.demo", "fth.drift",
+    "fth.model_init", "fth.eval",
+)  # fmt: skip
 
 
 def add_config_args(parser: argparse.ArgumentParser, default: str | None = None, shown: str | None = None) -> None:

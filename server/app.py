@@ -26,6 +26,7 @@ from server.batcher import MicroBatcher
 from server.config import ServeConfig
 from server.images import APIError, Limits, PixelBudget, max_pixels, unmap_large_frees
 from server.metrics import Metrics
+from store.paths import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class Service:
         if cfg.switch_interval_ms > 0:
             sys.setswitchinterval(cfg.switch_interval_ms / 1000)
         self.runner = Runner(cfg)
-        self.metrics = Metrics()
+        self.metrics = Metrics(Workspace.at(cfg.workspace).root)
         self.batcher = MicroBatcher(
             self.runner.run,
             cfg.max_batch,
