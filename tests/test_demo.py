@@ -70,13 +70,20 @@ def test_quick_demo_runs_every_step_and_stops_everything(tmp_path):
     assert summary["frames"] >= 20
     assert len(summary["curve"]) >= 2 and summary["curve"][-1][0] == 100
     assert len(summary["latency_ms"]) == 10 and all(ms > 0 for ms in summary["latency_ms"])
-    assert sorted(h["task"] for h in summary["heads"]) == ["depth", "detection", "people_count", "segmentation", "time_of_day"]
+    assert sorted(h["task"] for h in summary["heads"]) == [
+        "depth",
+        "detection",
+        "people_count",
+        "segmentation",
+        "time_of_day",
+    ]
     encoders = [p.name for p in (ws / "artifacts" / "encoder").iterdir()]
     assert encoders == [summary["encoder"]]
     for h in summary["heads"]:
         assert isinstance(h["value"], float) and isinstance(h["baseline"], float), h
         doc = json.loads((ws / "heads" / h["head_id"] / "metrics.json").read_text())
-        assert set(doc) >= HEAD_KEYS and doc["encoder_id"] == summary["encoder"] and doc["n_val"] > 0 and doc["n_test"] > 0
+        assert set(doc) >= HEAD_KEYS and doc["encoder_id"] == summary["encoder"]
+        assert doc["n_val"] > 0 and doc["n_test"] > 0
         assert h["plots"] >= 1
 
     report = (ws / "report.md").read_text()
