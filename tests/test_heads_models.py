@@ -7,7 +7,7 @@ import torch
 
 from fth.config import build, from_dict, to_dict
 from heads.fit import FitConfig
-from heads.models import HeadConfig, build_head, num_params, resolve_kind
+from heads.models import AttentionPool, HeadConfig, build_head, num_params, resolve_kind
 
 SEED_GRID, SEED_DIM = (12, 20), 1024  # configs/seed.yaml: 576x960 frames, 48 px patches, width 1024
 
@@ -56,6 +56,19 @@ def test_rebuilt_from_config_gives_the_same_function():
     b.load_state_dict(a.state_dict())
     x = torch.randn(2, 6, 10, 16)
     assert torch.equal(a.eval()(x), b.eval()(x))
+
+
+def test_attention_pool_is_plain_attention_over_projected_tokens():
+    torch.manual_seed(0)
+    pool = AttentionPool(32, queries=4, heads=4)
+    torch.nn.init.normal_(pool.to_kv.bias)  # nonzero key and value biases: the folded form must handle both
+    torch.nn.init.normal_(pool.query)
+    x = torch.randn(3, 60, 32)
+    k, v = pool.to_kv(x).chunk(2, dim=-1)  # (B, N, d)
+    q = pool.query.expand(3, -1, -1)  # (B, Q, d)
+    q, k, v = (t.reshape(3, -1, 4, 8).transpose(1, 2) for t in (q, k, v))  # (B, H, n, e)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(3, 4, 32)
+    torch.testing.assert_close(pool(x), pool.to_out(ref), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("preset", ["heads", "heads_dense"])
