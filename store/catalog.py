@@ -225,19 +225,21 @@ class Catalog:
         return [_row(r) for r in self._exec(sql, args)]
 
     def iter_frames(self, source: str | None = None, batch: int = 1000) -> Iterator[FrameRow]:
-        """All visible rows of a source (or all sources) in capture order, fetched in batches."""
-        after = ""
+        """All visible rows of a source (or all sources) in capture order, fetched in batches (keyset pagination on
+        the row value (captured_at, id), which the capture-time indexes serve; a concatenated key cannot use them
+        and made every batch scan and sort the whole table)."""
+        after: tuple[str, str] = ("", "")
         while True:
             where, args = self._where(source, None, None, None, True, True)
             rows = self._exec(
-                f"SELECT {COLUMNS} FROM frames WHERE {where} AND captured_at || id > ? "
+                f"SELECT {COLUMNS} FROM frames WHERE {where} AND (captured_at, id) > (?, ?) "
                 f"ORDER BY captured_at, id LIMIT {batch}",
-                (*args, after),
+                (*args, *after),
             )
             if not rows:
                 return
             yield from (_row(r) for r in rows)
-            after = rows[-1][3] + rows[-1][0]
+            after = (rows[-1][3], rows[-1][0])
 
     def counts(self, source: str | None = None, by_day: bool = True) -> list[tuple[str, str, int, int]]:
         """(source, local day or '*', frames, bytes) per source (and day), sorted."""
