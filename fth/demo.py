@@ -10,6 +10,7 @@ Each step is one `fth` command run as a child process (fth.demo_procs), echoed a
     fth embed          pooled vectors and token grids into the embedding store
     fth sim labels     the sim's ground truth for every collected frame, keyed by frame id
     fth heads fit      people count, time of day, depth, segmentation, detection
+    fth eval           time of day at 30 / 100 / all labels: the encoder vs its random init vs raw pixels
     fth serve          gunicorn on a free loopback port (background), queried with server.client.Client
 
 then the summary table and `<workspace>/report.md` (fth.report). Everything started is stopped in `finally`,
@@ -223,6 +224,17 @@ class Demo:
             heads.append(read_head(self.ws / "heads" / head_id))
         self.results["heads"] = heads
 
+    def label_curve(self) -> None:
+        """`fth eval` on time of day (pooled vectors: seconds per fit): the demo's encoder against its random init
+        and raw pixels at 30, 100 and all labels, every fit scored on the same latest frames."""
+        from fth.report import read_eval
+
+        out, labels = self.ws / "eval", self.ws / "labels" / "time_of_day.csv"
+        argv = ["eval", "--workspace", self.ws, "--task", "time_of_day", "--labels", labels, "--sizes", "30,100,all",
+                "--seeds", 2, "--config", "demo_heads", "--out", out]  # fmt: skip
+        self.run("eval", argv, echo=True, env=ONE_THREAD)
+        self.results["eval"] = read_eval(out)
+
     def serve_and_query(self) -> None:
         from fth.procs import free_port
 
@@ -328,6 +340,7 @@ def run(args: argparse.Namespace) -> int:
         demo.train()
         demo.embed_and_label()
         demo.fit_heads()
+        demo.label_curve()
         demo.serve_and_query()
     except KeyboardInterrupt:
         print("\nfth demo: interrupted; stopping everything it started", file=sys.stderr, flush=True)

@@ -87,6 +87,20 @@ def read_head(folder: Path) -> HeadResult:
     )
 
 
+def read_eval(folder: Path) -> dict[str, Any]:
+    """`fth eval`'s eval.json (first task) as {task, metric, unit, columns, rows: [(labels, [mean per column],
+    baseline)], plot}; the means are over head seeds."""
+    doc = json.loads((Path(folder) / "eval.json").read_text())
+    task = doc["tasks"][0]
+    rows = []
+    for r in task["rows"]:
+        means = [sum(v) / len(v) if v else None for v in (r["results"].get(c, []) for c in task["columns"])]
+        rows.append((r["labels"], means, r["baseline"]))
+    plot = Path(folder) / f"{task['task']}.png"
+    return {"task": task["task"], "metric": task["primary"], "unit": task.get("unit", ""), "split": task["split"],
+            "columns": task["columns"], "rows": rows, "plot": str(plot) if plot.exists() else None}  # fmt: skip
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in [0, 100]) of a non-empty list."""
     s = sorted(values)
@@ -111,6 +125,11 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
         text = f"{h.metric} {_fmt(h.value)} vs baseline {_fmt(h.baseline)}{unit}{probe}{count}"
         text += f" ({mark}; test n={h.n_test})"
         rows.append((f"head {h.task}", " ".join(text.split())))
+    ev = results.get("eval")
+    if ev and ev["rows"]:
+        labels, means, base = ev["rows"][0]
+        cells = ", ".join(f"{c} {_fmt(m)}" for c, m in zip(ev["columns"], means, strict=True))
+        rows.append((f"eval {ev['task']} @{labels}", f"{ev['metric']} {cells} (baseline {_fmt(base)})"))
     lat = results.get("latency_ms")
     if lat:
         rows.append(
@@ -159,6 +178,16 @@ def write_report(ws: Path, results: dict[str, Any]) -> Path:
             "",
         ]
         lines += [f"![{h.task} {p.stem}]({rel(p)})" for p in h.plots] + [""]
+    ev = results.get("eval")
+    if ev:
+        lines += ["## Label efficiency (`fth eval`)", "",
+                  f"{ev['task']}: {ev['metric']} ({ev['unit'] or 'unitless'}) on {ev['split']}; mean over head seeds.",
+                  "", "| labels | " + " | ".join(ev["columns"]) + " | baseline |",
+                  "|---" * (len(ev["columns"]) + 2) + "|"]  # fmt: skip
+        lines += [f"| {n} | " + " | ".join(_fmt(m) for m in means) + f" | {_fmt(b)} |" for n, means, b in ev["rows"]]
+        if ev["plot"]:
+            lines += ["", f"![label efficiency]({rel(ev['plot'])})"]
+        lines += [""]
     served = results.get("served")
     if served:
         lines += ["## Served predictions (Python client)", "", "```", served.rstrip(), "```", ""]

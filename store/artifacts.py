@@ -156,11 +156,15 @@ class Registry:
         return load_file(str(card.path / WEIGHTS)), card
 
     def newest(self, kind: str, hint: str = "") -> Card:
-        """The most recently registered artifact of `kind`; none is an error ending with `hint` (what to do)."""
+        """The most recently registered artifact of `kind`; none is an error ending with `hint` (what to do).
+
+        Random-init references (`fth model init`, registered by `fth eval`; card parents `init: random`) are only
+        chosen when nothing else is registered: a default must never silently serve or fit on an untrained encoder."""
         cards = self.list(kind)
         if not cards:
             raise ArtifactError(f"no {kind} registered in {self.root}{hint}")
-        return cards[-1]
+        trained = [c for c in cards if c.parents.get("init") != "random"]
+        return (trained or cards)[-1]
 
     def list(self, kind: str | None = None) -> list[Card]:
         pattern = f"{kind}/*/{CARD}" if kind else f"*/*/{CARD}"

@@ -22,6 +22,7 @@ import pytest
 
 from fth.demo import MARKER, prepare_workspace
 from fth.demo_procs import alive, descendants
+from store.artifacts import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD_KEYS = {"task", "head_id", "encoder_id", "metrics", "baseline", "n_train", "n_val"}
@@ -63,7 +64,7 @@ def test_quick_demo_runs_every_step_and_stops_everything(tmp_path):
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     for cmd in ("fth sim serve", "fth collect", "fth train", "fth embed", "fth sim labels", "fth serve"):
         assert f"$ {cmd}" in out.stdout or f"$ OMP_NUM_THREADS=1 {cmd}" in out.stdout, cmd
-    assert out.stdout.count("fth heads fit") == 5
+    assert out.stdout.count("fth heads fit") == 5 and "fth eval" in out.stdout
     assert "Summary" in out.stdout and "server round trip" in out.stdout
 
     summary = json.loads((ws / "summary.json").read_text())
@@ -77,8 +78,9 @@ def test_quick_demo_runs_every_step_and_stops_everything(tmp_path):
         "segmentation",
         "time_of_day",
     ]
-    encoders = [p.name for p in (ws / "artifacts" / "encoder").iterdir()]
-    assert encoders == [summary["encoder"]]
+    encoders = [Registry(ws / "artifacts").card(p) for p in (ws / "artifacts" / "encoder").iterdir()]
+    trained = [c.id for c in encoders if c.parents.get("init") != "random"]  # fth eval registered a random init too
+    assert trained == [summary["encoder"]] and len(encoders) == 2
     for h in summary["heads"]:
         assert isinstance(h["value"], float) and isinstance(h["baseline"], float), h
         doc = json.loads((ws / "heads" / h["head_id"] / "metrics.json").read_text())
@@ -86,7 +88,11 @@ def test_quick_demo_runs_every_step_and_stops_everything(tmp_path):
         assert doc["n_val"] > 0 and doc["n_test"] > 0
         assert h["plots"] >= 1
 
+    ev = summary["eval"]  # the label-efficiency curve: the encoder, its random init and raw pixels at each budget
+    assert ev["task"] == "time_of_day" and len(ev["columns"]) == 3 and ev["rows"][0][0] == 30 and len(ev["rows"]) >= 2
+    assert all(len(means) == 3 and None not in means for _, means, _ in ev["rows"])
     report = (ws / "report.md").read_text()
+    assert "## Label efficiency" in report and "eval/time_of_day.png" in report
     links = re.findall(r"\]\(([^)]+)\)", report)
     images = [link for link in links if link.endswith(".png")]
     assert any("panels/" in link for link in images) and any("heads/" in link for link in images)

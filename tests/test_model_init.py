@@ -44,6 +44,8 @@ def test_init_like_builds_the_same_architecture_at_seeded_random_init(workspace)
     assert rc == 0 and out2.strip().splitlines()[-1] != out.strip().splitlines()[-1]
     listed = run("model", "list", "--workspace", str(workspace.root))[1]
     assert new_id in listed
+    # the default encoder (serve, embed, heads fit) stays the trained one, though the random inits are newer
+    assert registry.newest("encoder").parents.get("init") != "random"
 
 
 def test_init_like_an_unknown_encoder_is_one_line(workspace):
