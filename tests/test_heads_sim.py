@@ -287,5 +287,20 @@ def test_server_serves_the_cli_fitted_head(sim, fitted):
         assert resp.status_code == 200, resp.get_data(as_text=True)
         outputs = {h["name"]: h["outputs"] for h in resp.get_json()["heads"]}
         assert outputs["people_count"][0]["count"] == pytest.approx(want, rel=1e-3, abs=1e-3)
+        # detection answers in the input image's pixels: the same frame at twice its size gives boxes twice as large
+        det = fitted["detection"][1]["head_id"]
+        big = io.BytesIO()
+        Image.open(path).resize((320, 192)).save(big, format="PNG")
+        answers = []
+        for data, kind in ((path.read_bytes(), "image/jpeg"), (big.getvalue(), "image/png")):
+            resp = app.test_client().post(f"/v1/predict?heads={det}", data=data, content_type=kind)
+            assert resp.status_code == 200, resp.get_data(as_text=True)
+            answers.append(resp.get_json()["heads"][0]["outputs"][0])
+        small, large = answers
+        assert small["image_size"] == [96, 160] and large["image_size"] == [192, 320]
+        assert small["count"] == len(small["boxes"]) and all(0 <= b["box"][2] <= 160 for b in small["boxes"])
+        if small["boxes"]:  # the top box, scaled by 2, is among the large image's boxes (within a few pixels)
+            top = np.array(small["boxes"][0]["box"]) * 2
+            assert min(np.abs(np.array(b["box"]) - top).max() for b in large["boxes"]) < 8, (small, large)
     finally:
         app.extensions["fth"].close()
