@@ -86,7 +86,7 @@ def in_process(runner, images: list[bytes], batch: int, seconds: float) -> dict:
     while time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
         chunk = [images[(i + k) % len(images)] for k in range(batch)]
-        arrays = np.stack([decode(b, runner.size, limits) for b in chunk])
+        arrays = np.stack([decode(b, runner.size, limits)[0] for b in chunk])
         runner.run(arrays, frozenset({"pooled"}))
         lat.append(time.perf_counter() - t0)
         done += batch

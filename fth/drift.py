@@ -88,7 +88,7 @@ def run(args: argparse.Namespace):
         missing = [r.id for r in rows if r.id not in have]
         if missing:
             print(f"embedding {len(missing)} frames that have no pooled embeddings yet (encoder {encoder_id})")
-            embed_step(args.workspace, encoder_id)(missing, FeatureRecipe("pooled"))
+            embed_step(args.workspace, encoder_id)([(i, index.path(i)) for i in missing], FeatureRecipe("pooled"))
             store = EmbeddingStore(ws.embeddings, encoder_id)
     stored = store.index("pooled")
     if not stored:

@@ -141,7 +141,7 @@ def evaluate_task(spec: dict[str, Any], args: argparse.Namespace, encoders: list
             missing = missing_features(EmbeddingStore(ws.embeddings, enc_id), ids, recipe)
             if missing:
                 report(f"embedding {len(missing)} frames for {name} ({enc_id})")
-                embed_step(args.workspace, enc_id)(missing, recipe)
+                embed_step(args.workspace, enc_id)([(i, index.path(i)) for i in missing], recipe)
             x, recipe = read_features(EmbeddingStore(ws.embeddings, enc_id), ids, recipe)
             columns[name] = (x, recipe)
         vit = card.config["encoder"]

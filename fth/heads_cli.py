@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from fth.cli import add_config_args
 
@@ -111,20 +112,19 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
 
 
 def embed_step(workspace, encoder_id: str):
-    """The embed job as `heads.pipeline`'s `embed(ids, recipe)` step: embeds just those frames' recipe tables."""
+    """The embed job as `heads.pipeline`'s `embed(frames, recipe)` step: embeds just those (id, path) frames' recipe
+    tables (the caller already holds the catalog's FrameIndex, so the paths come with the ids)."""
 
-    def embed(ids: list[str], recipe) -> int:
+    def embed(frames: list[tuple[str, Path]], recipe) -> int:
         from encoder.embed import EmbedConfig, run_embed
-        from store.frame_index import FrameIndex
         from store.paths import Workspace
         from store.recipe import table_layer
 
-        ws = Workspace.at(workspace)
-        index = FrameIndex(ws.root, ws.catalog)
         layers = [table_layer(t) for t in recipe.tables() if t != "pooled"]
-        cfg = EmbedConfig(workspace=str(ws.root), encoder=encoder_id, tokens=bool(layers), layers=layers or [-1])
-        run_embed(cfg, [(i, index.path(i)) for i in ids if i in index.by_id], progress=False, token_ids=set(ids))
-        return len(ids)
+        cfg = EmbedConfig(workspace=str(Workspace.at(workspace).root), encoder=encoder_id, tokens=bool(layers),
+                          layers=layers or [-1])  # fmt: skip
+        run_embed(cfg, frames, progress=False, token_ids={i for i, _ in frames})
+        return len(frames)
 
     return embed
 
@@ -208,7 +208,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         missing = missing_features(EmbeddingStore(ws.embeddings, encoder_id), ids, recipe)
         if missing:
             print(f"embedding {len(missing)} frames that have no pooled features yet (encoder {encoder_id})")
-            embed_step(args.workspace, encoder_id)(missing, recipe)
+            embed_step(args.workspace, encoder_id)([(i, cat.path(i)) for i in missing], recipe)
         embeddings = EmbeddingStore(ws.embeddings, encoder_id).get(ids, "pooled")
     chosen = export_batch(args.out, ids, paths, args.count, args.method, embeddings, seed=args.seed)
     how = f"k-center over {encoder_id} pooled embeddings" if encoder_id else "at random"
@@ -218,11 +218,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_predict(args: argparse.Namespace) -> int:
-    import io
-    from pathlib import Path
-
     import torch
-    from PIL import Image
 
     from encoder.checkpoint import load_encoder
     from encoder.preprocess import normalize
@@ -240,11 +236,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for path in args.images:
         data = Path(path).read_bytes()
         try:  # the server's own checks: empty, truncated, not an image, or too many pixels are one-line errors
-            arr = decode(data, size, Limits(1, args.max_pixels), label=path)
+            arr, hw = decode(data, size, Limits(1, args.max_pixels), label=path)
         except APIError as e:
             raise ValueError(e.message) from None
-        with Image.open(io.BytesIO(data)) as im:
-            hw = (im.height, im.width)
         with torch.inference_mode():
             x = normalize(torch.from_numpy(arr[None].copy()), model.cfg)  # (1, 3, H, W)
             feats = head.recipe.assemble(model.tables(x, head.recipe.tables()))

@@ -19,7 +19,7 @@ from torch import nn
 
 from fth.config import from_dict, to_dict
 from heads.fit import FitResult, predict_outputs
-from heads.models import HeadConfig, build_head
+from heads.models import HeadConfig, as_float, build_head
 from heads.tasks import Task, TaskConfig, make_task
 from store.artifacts import ArtifactError, Card, Registry
 from store.recipe import FeatureRecipe
@@ -60,7 +60,7 @@ class TrainedHead:
     def outputs(self, features: Any) -> torch.Tensor:
         """Raw head outputs for a batch of features in the recipe's form, after checking them against it."""
         self.recipe.check(features)
-        return self.module(features.float() if isinstance(features, torch.Tensor) else torch.as_tensor(features))
+        return self.module(as_float(features))
 
 
 def save_head(
@@ -148,7 +148,7 @@ def predict(
     Args:
         sizes: each frame's (H, W) in pixels, for answers in image coordinates (boxes); maps stay at head size.
     """
-    x = features if isinstance(features, torch.Tensor) else torch.as_tensor(features)
+    x = as_float(features)
     if x.dim() == (2 if head.recipe.form == "pooled" else 4) - 1:
         x = x[None]
     head.recipe.check(x)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from heads.models import HeadConfig, build_head, init_output_bias, num_params, output_bias, resolve_kind
+from heads.models import HeadConfig, as_float, build_head, init_output_bias, num_params, output_bias, resolve_kind
 from heads.tasks import Task, TaskConfig, make_task
 from store.recipe import FeatureRecipe
 
@@ -251,9 +251,7 @@ def reduce_features(head: nn.Module, x: Any, chunk: int = 256) -> torch.Tensor:
     """Raw features (B, ...) (numpy, float16 memory map or tensor) -> the head's reduced float32 features, in chunks."""
     out = None
     for i in range(0, x.shape[0], chunk):
-        part = x[i : i + chunk]
-        part = part.float() if isinstance(part, torch.Tensor) else torch.from_numpy(np.asarray(part, np.float32))
-        part = head.reduce(part)
+        part = head.reduce(as_float(x[i : i + chunk]))
         if out is None:  # written in place: a list of parts and a cat would hold the reduced features twice
             out = part.new_empty((x.shape[0], *part.shape[1:]))
         out[i : i + part.shape[0]] = part
@@ -418,5 +416,4 @@ def _fit(task: Task, features: Any, labels: Any, times: Any, cfg: FitConfig, rec
 
 def predict_outputs(head: nn.Module, features: Any, batch: int = 256) -> torch.Tensor:
     """Raw head outputs over raw features (B, ...) -> (B, out) or (B, out, h, w)."""
-    x = features if isinstance(features, torch.Tensor) else torch.from_numpy(np.asarray(features, np.float32))
-    return torch.cat(list(run_head(head, x.float(), batch)))
+    return torch.cat(list(run_head(head, as_float(features), batch)))

@@ -34,6 +34,8 @@ def read_classes(source: str | Path | list[str] | tuple[str, ...]) -> tuple[str,
     """A class list (names in index order) from a list or a JSON file."""
     if isinstance(source, list | tuple):
         return tuple(str(c) for c in source)
+    if not Path(source).is_file():
+        raise LabelError(f"class list {source}: no such file")
     data = json.loads(Path(source).read_text())
     if isinstance(data, dict):
         data = data.get("classes", data.get("categories"))

@@ -100,7 +100,7 @@ class Reduce(nn.Module):
         sample = []
         gen = torch.Generator().manual_seed(seed)
         for i in range(0, x.shape[0], chunk):
-            part = _float(x[i : i + chunk]).reshape(-1, d)  # (b * ..., D)
+            part = as_float(x[i : i + chunk]).reshape(-1, d)  # (b * ..., D)
             # two-pass moments of the chunk in float32, merged across chunks in float64 (Chan et al.'s update)
             b = part.shape[0]
             mean_c = part.sum(0) / b
@@ -124,8 +124,11 @@ class Reduce(nn.Module):
         return z if self.basis is None else z @ self.basis
 
 
-def _float(x) -> torch.Tensor:
-    return x.float() if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+def as_float(x) -> torch.Tensor:
+    """Features as a float32 tensor: numpy arrays and float16 memory maps are copied once, tensors keep their device."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().float()
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
 def mlp(d_in: int, hidden: int, d_out: int, layers: int, dropout: float) -> nn.Sequential:

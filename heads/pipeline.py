@@ -1,8 +1,8 @@
 """`fth heads fit` end to end: labels -> catalog frames -> stored embeddings -> fit -> registered head, plots and
 metrics.json. The command layer (`fth/heads_cli.py`) parses arguments, supplies the embed step and prints.
 
-    run_fit   the whole fit; `embed(ids, recipe)` is called for the labelled frames the store lacks (the command
-              layer runs the embed job: heads never loads an encoder or an image to embed)
+    run_fit   the whole fit; `embed(frames, recipe)` is called with the (id, path) pairs of the labelled frames the
+              store lacks (the command layer runs the embed job: heads never loads an encoder or embeds an image)
 
 Joins are on our frame id; paths (absolute, relative to the workspace, or a catalog file's stem) are resolved to ids
 through the catalog's `FrameIndex`. Map labels larger than `max_label_side` are downsampled (nearest, so class ids and
@@ -26,7 +26,7 @@ import numpy as np
 from heads.labels import LabelError, LabelSet, _first
 
 log = logging.getLogger(__name__)
-Embed = Callable[[list[str], Any], int]  # (frame ids, FeatureRecipe) -> frames embedded
+Embed = Callable[[list[tuple[str, Path]], Any], int]  # ((frame id, path) pairs, FeatureRecipe) -> frames embedded
 
 
 @dataclass
@@ -173,7 +173,7 @@ def run_fit(req: FitRequest, embed: Embed | None = None, report: Callable[[str],
                              f"encoder {encoder_id}: {_first(missing)} (fth embed them first)")  # fmt: skip
         report(f"embedding {len(missing)} frames that have no features yet (encoder {encoder_id}, "
                f"tables {recipe.tables()})")  # fmt: skip
-        embedded = embed(missing, recipe)
+        embedded = embed([(i, index.path(i)) for i in missing], recipe)
         still = missing_features(EmbeddingStore(ws.embeddings, encoder_id), missing, recipe)
         if still:
             raise LabelError(f"{len(still)} of {len(missing)} labelled frames could not be embedded (unreadable "

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from heads.models import as_float
+
 
 def select_random(n: int, k: int, seed: int = 0) -> list[int]:
     """k distinct indices of n, uniformly at random."""
@@ -39,7 +41,7 @@ def kcenter_greedy(embeddings: Any, k: int, seed: int = 0, already: Sequence[int
         already: indices already labelled; they count as chosen and are not returned again.
         seed: picks the first frame when nothing is labelled yet.
     """
-    x = _float_tensor(embeddings)
+    x = as_float(embeddings)
     n = x.shape[0]
     k = min(k, n - len(set(already)))
     mind = torch.full((n,), float("inf"))
@@ -59,7 +61,7 @@ def kcenter_greedy(embeddings: Any, k: int, seed: int = 0, already: Sequence[int
 
 def coverage(embeddings: Any, chosen: Sequence[int], chunk: int = 8192) -> float:
     """max over frames of the distance to the nearest chosen frame (lower = the chosen set covers better)."""
-    x = _float_tensor(embeddings)
+    x = as_float(embeddings)
     centers = x[torch.as_tensor(list(chosen), dtype=torch.long)]
     return float(max(torch.cdist(x[i : i + chunk], centers).min(dim=1).values.max() for i in range(0, len(x), chunk)))
 
@@ -116,10 +118,3 @@ def export_batch(
     tasks = label_studio_tasks(ids, [paths[i] for i in idx], image_url)
     Path(out).write_text(json.dumps(tasks, indent=1))
     return ids
-
-
-def _float_tensor(x: Any) -> torch.Tensor:
-    """numpy / memory-mapped float16 / tensor -> float32 CPU tensor."""
-    if isinstance(x, torch.Tensor):
-        return x.detach().to("cpu", torch.float32)
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(x), dtype=np.float32))

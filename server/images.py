@@ -49,12 +49,6 @@ class Limits:
     max_pixels: int
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """(H, W) of an encoded image from its header (the image was already decoded once, so this cannot fail)."""
-    with Image.open(io.BytesIO(data)) as image:
-        return image.height, image.width
-
-
 UHD_PIXELS = 3840 * 2160  # the smallest default max_pixels: any camera frame up to 4K is accepted
 
 
@@ -108,8 +102,9 @@ def unmap_large_frees() -> bool:
 
 def decode(
     data: bytes, size: tuple[int, int], limits: Limits, label: str = "image", budget: PixelBudget | None = None
-) -> np.ndarray:
-    """Encoded bytes -> (H, W, 3) uint8 at `size` = (H, W); APIError for anything not a sound, small-enough image.
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Encoded bytes -> ((H, W, 3) uint8 at `size` = (H, W), the image's own (height, width)); APIError for anything
+    not a sound, small-enough image. Answers in image coordinates (boxes) need the own size.
 
     With `budget`, the decode waits until its pixels fit in the budget (503 `decoder_busy` if they never do)."""
     if not data:
@@ -118,6 +113,7 @@ def decode(
         # Pillow's own bomb check (a warning, then an error at 2x MAX_IMAGE_PIXELS) runs in open(); ours is lower.
         image = Image.open(io.BytesIO(data), formats=list(FORMATS))
         w, h = image.size
+        own = (h, w)
         if w * h > limits.max_pixels:
             raise APIError(
                 413, "too_many_pixels", f"{label} is {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels}"
@@ -127,7 +123,7 @@ def decode(
         w, h = image.size  # after draft: what will really be decoded
         with budget.hold(w * h) if budget is not None else contextlib.nullcontext():
             image.load()
-            return to_array(image, size)
+            return to_array(image, size), own
     except APIError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as e:
@@ -184,6 +180,7 @@ def read_images(content_type: str, body: bytes, files: list[tuple[str, bytes]] |
 
 def decode_all(
     images: list[bytes], size: tuple[int, int], limits: Limits, budget: PixelBudget | None = None
-) -> np.ndarray:
-    """Encoded images -> (n, H, W, 3) uint8, decoded one at a time."""
-    return np.stack([decode(b, size, limits, f"image {i}", budget) for i, b in enumerate(images)])
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Encoded images -> ((n, H, W, 3) uint8, each image's own (height, width)), decoded one at a time."""
+    decoded = [decode(b, size, limits, f"image {i}", budget) for i, b in enumerate(images)]
+    return np.stack([a for a, _ in decoded]), [hw for _, hw in decoded]

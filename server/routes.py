@@ -17,7 +17,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from server.batcher import Job, QueueFull, Stopped
-from server.images import APIError, decode_all, image_size, read_images
+from server.images import APIError, decode_all, read_images
 from server.metrics import CONTENT_TYPE
 from server.openapi import NPY, SAFETENSORS, document
 
@@ -75,8 +75,7 @@ def _run(needs: frozenset[str]) -> tuple[dict, int, list[tuple[int, int]]]:
         multipart = request.mimetype == "multipart/form-data"
         files = [(name, f.read()) for name, f in request.files.items(multi=True)] if multipart else None
         encoded = read_images(request.content_type, request.get_data(cache=False), files, limits)
-        images = decode_all(encoded, service.runner.size, limits, service.pixels)
-        sizes = [image_size(data) for data in encoded]
+        images, sizes = decode_all(encoded, service.runner.size, limits, service.pixels)
         job = service.batcher.submit(Job(images, needs))
         service.metrics.queue_depth.set(service.batcher.depth)
     except TimeoutError as e:  # a body read outlasted body_timeout_s (server.worker)

@@ -46,8 +46,6 @@ def _classes(ctx: LabelContext, found: list[str]) -> tuple[str, ...]:
     if ctx.classes:
         from heads.label_maps import read_classes
 
-        if not Path(ctx.classes).is_file():
-            raise L.LabelError(f"--classes {ctx.classes}: no such file")
         return read_classes(ctx.classes)
     return tuple(found) or ("person",)
 
@@ -215,9 +213,10 @@ class Detection(Task):
         bw, bh = (t[:, 2] - t[:, 0]) * gw, (t[:, 3] - t[:, 1]) * gh  # box size in cells
         return b, t[:, 4].long(), row.long(), col.long(), offset, size, bw, bh
 
-    def heatmap(self, target: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
-        """(B, M, 5) boxes -> (B, K, gh, gw) Gaussian-splatted centre heatmap, 1 at each centre cell."""
-        b, cls, row, col, _, _, bw, bh = self._cells(target, gh, gw)
+    def heatmap(self, target: torch.Tensor, gh: int, gw: int, cells=None) -> torch.Tensor:
+        """(B, M, 5) boxes -> (B, K, gh, gw) Gaussian-splatted centre heatmap, 1 at each centre cell (`cells`: the
+        target's `_cells`, when the caller has them already)."""
+        b, cls, row, col, _, _, bw, bh = cells if cells is not None else self._cells(target, gh, gw)
         heat = torch.zeros(target.shape[0] * self.k, gh * gw)
         if not len(b):
             return heat.reshape(-1, self.k, gh, gw)
@@ -239,12 +238,13 @@ class Detection(Task):
     def loss(self, out, target):
         gh, gw = out.shape[-2:]
         logits = out[:, : self.k]
-        heat = self.heatmap(target, gh, gw)
+        cells = self._cells(target, gh, gw)
+        heat = self.heatmap(target, gh, gw, cells)
         pos = heat.eq(1).float()
         p = logits.sigmoid().clamp(1e-4, 1 - 1e-4)
         focal = -(pos * (1 - p) ** 2 * p.log() + (1 - pos) * (1 - heat) ** 4 * p**2 * (1 - p).log()).sum()
         n = pos.sum().clamp_min(1)
-        b, _, row, col, offset, size, _, _ = self._cells(target, gh, gw)
+        b, _, row, col, offset, size, _, _ = cells
         reg = out.new_zeros(())
         if len(b):
             cell = out[b, :, row, col]  # (n, K + 4)

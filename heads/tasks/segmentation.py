@@ -27,9 +27,7 @@ CLASSES_FILE = "classes.json"
 def _read(path: Path, ctx: LabelContext, task: Task) -> LabelSet:
     folder = path if path.is_dir() else path.parent
     if ctx.classes:
-        classes = Path(ctx.classes)
-        if not classes.is_file():
-            raise LabelError(f"--classes {classes}: no such file")
+        classes = Path(ctx.classes)  # read_classes names it when it does not exist
     else:
         classes = folder / CLASSES_FILE
         if not classes.is_file():
