@@ -90,8 +90,10 @@ def fit_budget(
     k = min(k, len(split.pool))
     idx = np.concatenate([split.pool[:k], split.test])
     n_test = len(split.test)
-    # round(len(idx) * fraction) == n_test exactly: the last n_test frames by time are the common test frames
-    fit_cfg = replace(cfg, seed=seed, test_fraction=(n_test + 0.25) / len(idx))
+    # round(len(idx) * fraction) == n_test exactly: the last n_test frames by time are the common test frames; the
+    # validation share is of the budget (k), not of budget + test (at 30 labels and 80 test frames that took 22 of 30)
+    fit_cfg = replace(cfg, seed=seed, test_fraction=(n_test + 0.25) / len(idx),
+                      val_fraction=(max(1, round(k * cfg.val_fraction)) + 0.25) / len(idx))  # fmt: skip
     t = np.asarray(times, dtype=object)[idx]
     result = fit_from_arrays(task, features[idx], [values[i] for i in idx], list(t), fit_cfg, recipe)
     if sorted(result.split.test.tolist()) != list(range(k, k + n_test)):

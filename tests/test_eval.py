@@ -68,6 +68,8 @@ def test_every_row_and_column_for_every_task(evaluated, sim):
         assert [r["labels"] for r in task["rows"]] == [30, 144]  # 180 frames: the latest 36 are the test frames
         assert task["n_test"] == 36
         for row in task["rows"]:
+            # validation is a fifth of the budget (not of budget + test frames), the rest trains less the split gap
+            assert row["n_val"] == round(0.2 * row["labels"]) and row["n_train"] >= 0.7 * row["labels"]
             assert set(row["results"]) == set(task["columns"]) and np.isfinite(row["baseline"])
             assert all(len(v) == 2 and np.all(np.isfinite(v)) for v in row["results"].values())
         assert (ws.root / "eval" / task["plot"]).stat().st_size > 0
