@@ -152,9 +152,12 @@ def load_heads(
     for card in reversed(cards):  # newest first: a name answers with the latest head that can serve it
         if card.parents.get("encoder") == encoder_id or card.id in loaded or (card.name or card.id) in heads:
             continue
-        recipe = card.config.get("recipe")
-        if not recipe or find_adapter(registry, card.parents.get("encoder"), encoder_id,
-                                      from_dict(FeatureRecipe, recipe, card.id)) is None:  # fmt: skip
+        try:
+            recipe = from_dict(FeatureRecipe, card.config.get("recipe") or {}, card.id)
+        except ValueError as e:
+            log.warning("skipping head %s: %s", card.id, e)
+            continue
+        if find_adapter(registry, card.parents.get("encoder"), encoder_id, recipe) is None:
             log.info("skipping head %s: fitted on encoder %s (no adapter to it)", card.id, card.parents.get("encoder"))
             continue
         _try_load(card, registry, encoder_id, device, heads)
