@@ -9,10 +9,13 @@ fth heads fit --task T --labels PATH|catalog [--format F] [--classes classes.jso
 fth heads list [--workspace W]
 fth heads export --count N --method kcenter|random --out tasks.json [--encoder ID] [--source S]
 fth heads predict --head ID IMAGE... [--encoder ID] [--json]
+fth heads adapt --from OLD --to NEW [--frames 300] [--method ridge|procrustes] [--source S] [--out DIR]
+fth heads refit --encoder NEW [--from OLD] [--tolerance 0.02] [--max-flip-rate 0.05] [--shuffle-labels] [--out DIR]
 
-`fit` prints a metrics-vs-baseline table and ends with `head: <id>` on its own line. Wrong input (labels naming
-unknown frames, masks of the wrong size, unknown classes, a head on another encoder) is one line on stderr with the
-counts, and exit code 2. No torch import until a handler runs.
+`fit` prints a metrics-vs-baseline table and ends with `head: <id>` on its own line. `adapt` and `refit` print a table
+per head and end with the JSON they wrote (`adapt: <path>`, `gate: <path>`); `refit` also prints `serve: <ids>`.
+Wrong input (labels naming unknown frames, masks of the wrong size, unknown classes, a head on another encoder
+without an adapter) is one line on stderr with the counts, and exit code 2. No torch import until a handler runs.
 """
 
 from __future__ import annotations
@@ -78,6 +81,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--max-pixels", type=int, default=50_000_000, help="refuse larger images (decoded pixels)")
     pr.add_argument("--workspace", default=None, help=WS_HELP)
     pr.set_defaults(func=cmd_predict)
+
+    ad = hs.add_parser("adapt", help="map a new encoder's features to an old one's so the old heads serve on it")
+    ad.add_argument("--from", dest="old", required=True, metavar="OLD", help="encoder the heads were fitted on")
+    ad.add_argument("--to", dest="new", required=True, metavar="NEW", help="encoder whose features are mapped")
+    ad.add_argument("--frames", type=int, default=300, help="newest catalog frames to fit the maps on (default 300)")
+    ad.add_argument("--method", default="ridge", choices=["ridge", "procrustes"],
+                    help="ridge (default; any widths) or orthogonal Procrustes (equal widths)")  # fmt: skip
+    ad.add_argument("--source", help="only frames of this catalog source")
+    ad.add_argument("--out", help="folder for adapt.json (default: <workspace>/updates/<OLD>-to-<NEW>)")
+    ad.add_argument("--workspace", default=None, help=WS_HELP)
+    ad.set_defaults(func=cmd_adapt)
+
+    rf = hs.add_parser("refit", help="refit every head of an old encoder on a new one, and gate each")
+    rf.add_argument("--encoder", required=True, metavar="NEW", help="encoder to refit the heads on")
+    rf.add_argument("--from", dest="old", metavar="OLD", help="encoder whose heads are refit (default: NEW's parent)")
+    rf.add_argument("--tolerance", type=float, default=0.02,
+                    help="how much worse (relative) a refit head's primary metric may be (default 0.02)")  # fmt: skip
+    rf.add_argument("--max-flip-rate", type=float, default=0.05,
+                    help="largest share of held-out frames that may flip to worse (default 0.05)")  # fmt: skip
+    rf.add_argument("--shuffle-labels", action="store_true", help="refit on permuted labels (a control the gate "
+                    "must refuse)")  # fmt: skip
+    rf.add_argument("--out", help="folder for gate.json and plots (default: <workspace>/updates/<OLD>-to-<NEW>)")
+    rf.add_argument("--workspace", default=None, help=WS_HELP)
+    rf.set_defaults(func=cmd_refit)
 
 
 def _guard(fn):
@@ -247,4 +274,53 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(json.dumps({"image": path, "head": card.id, **answer}))
         else:
             print(f"{path}  {head.task.describe(answer)}")
+    return 0
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+@_guard
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from heads.adapt import run_adapt
+
+    embed_for = lambda enc: embed_step(args.workspace, enc)  # noqa: E731
+    doc = run_adapt(args.workspace, args.old, args.new, args.frames, args.method, args.source, embed_for,
+                    lambda line: print(line, flush=True), args.out)  # fmt: skip
+    rows = [(h["name"], h["task"], h.get("primary", "-"), h.get("old", "-"), h.get("adapted", "-"),
+             h.get("raw_new", "-"), _pct(h.get("retention")), _pct(h.get("flip_rate")), h.get("note", ""))
+            for h in doc["heads"]]  # fmt: skip
+    if rows:
+        print(f"old heads on their held-out frames: on {doc['from']} features vs through the adapter on {doc['to']}")
+        print(_table(("head", "task", "metric", "old", "adapted", "raw new", "retention", "neg. flips", "note"), rows))
+    print(f"adapt: {doc['path']}")
+    return 0
+
+
+@_guard
+def cmd_refit(args: argparse.Namespace) -> int:
+    from heads.gate import GateConfig
+    from heads.refit import run_refit
+
+    if not 0 <= args.tolerance < 1 or not 0 <= args.max_flip_rate <= 1:
+        raise ValueError(f"--tolerance {args.tolerance} and --max-flip-rate {args.max_flip_rate} must be in [0, 1)")
+    doc = run_refit(args.workspace, args.encoder, args.old, GateConfig(args.tolerance, args.max_flip_rate),
+                    args.shuffle_labels, lambda enc: embed_step(args.workspace, enc),
+                    lambda line: print(line, flush=True), args.out)  # fmt: skip
+    rows = [(h["name"], h["labels"], h["refit_head"] or "-", h.get("primary", "-"), h.get("old_metric", "-"),
+             h.get("refit_metric", "-"), h.get("adapted_metric", "-") or "-", _pct(h.get("flip_rate")),
+             h["decision"]) for h in doc["heads"]]  # fmt: skip
+    if rows:
+        print(f"gate (tolerance {args.tolerance:.0%}, negative flips <= {args.max_flip_rate:.0%}); old head on "
+              f"{doc['from']} vs refit on {doc['to']}, same held-out frames")  # fmt: skip
+        print(_table(("head", "labels", "refit", "metric", "old", "refit", "adapted", "neg. flips", "decision"), rows))
+        for h in doc["heads"]:
+            print(f"{h['name']}: {h['decision']}: {h['reason']}")
+    else:
+        print(f"no heads are registered on encoder {doc['from']}")
+    if doc["unservable"]:
+        print(f"unservable on {doc['to']} (no promoted refit, no adapter): {' '.join(doc['unservable'])}")
+    print(f"gate: {doc['path']}")
+    print(f"serve: {' '.join(doc['serve'])}")
     return 0

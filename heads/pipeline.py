@@ -45,6 +45,10 @@ class FitRequest:
         depth_scale: 16-bit PNG units per metre (None: the labels' depth.json sidecar, else 1000).
         max_label_side: map labels are downsampled (nearest) to at most this many pixels on their longer side.
         source: only frames of this catalog source.
+        shuffle_labels: permute the label values among the frames (seeded): a control head that must not beat the
+            baseline, and the deliberately worse refit the gate test refuses.
+        frames: only these labelled frame ids (empty: all); `fth heads refit` passes a catalog-labelled head's own
+            frames, since the catalog's label set grows with every frame collected.
     """
 
     task: str
@@ -64,6 +68,20 @@ class FitRequest:
     depth_scale: float | None = None
     max_label_side: int = 320
     source: str | None = None
+    shuffle_labels: bool = False
+    frames: tuple[str, ...] = ()
+
+    def recorded(self) -> dict[str, Any]:
+        """The request as a head card records it (`parents.request`) so `fth heads refit` can repeat it: paths made
+        absolute, the run-specific fields (workspace, out, encoder, frames) left out."""
+        doc = dataclasses.asdict(self)
+        for key in ("workspace", "out", "encoder", "frames"):
+            doc.pop(key)
+        for key in ("labels", "classes", "config"):
+            if doc[key] and doc[key] != "catalog" and Path(doc[key]).exists():
+                doc[key] = str(Path(doc[key]).resolve())
+        doc["layers"] = list(doc["layers"])
+        return doc
 
 
 @dataclass
@@ -77,6 +95,8 @@ class FitReport:
     recipe: str
     out: Path
     summary: dict[str, Any]
+    test_ids: list[str] = field(default_factory=list)  # the held-out frames the metrics are on, in capture order
+    labels_digest: str = ""
 
 
 def label_size(hw: tuple[int, int], max_side: int) -> tuple[int, int]:
@@ -128,8 +148,38 @@ def read_labels(req: FitRequest, index) -> tuple[Any, LabelSet, str]:
     return make_task(task_cfg), labels, fmt
 
 
-def run_fit(req: FitRequest, embed: Embed | None = None, report: Callable[[str], None] = print) -> FitReport:
-    """The whole `fth heads fit`; raises LabelError / FeatureError / ArtifactError / ValueError on wrong input."""
+def labelled(req: FitRequest, index, report: Callable[[str], None] = print) -> tuple[Any, LabelSet, str, str]:
+    """(task, labels ready to fit: restricted to `req.frames`, maps downsampled, shuffled when asked; the format read;
+    the labels' digest, taken before any shuffle so a shuffled control still names the labels it permuted)."""
+    task, labels, fmt = read_labels(req, index)
+    if req.frames:
+        keep = set(req.frames)
+        pairs = [(i, v) for i, v in zip(labels.ids, labels.values, strict=True) if i in keep]
+        labels.ids, labels.values = [i for i, _ in pairs], [v for _, v in pairs]
+    if not len(labels):
+        raise LabelError(f"labels {req.labels}: no labelled frames")
+    if labels.note:
+        report(f"labels: {labels.note}")
+    for warning in task.check_labels(labels.values):
+        report(f"warning: {warning}")
+    if task.map_labels:
+        hw = label_size(np.asarray(labels.values[0]).shape[:2], req.max_label_side)
+        labels.values = [resize_nearest(np.asarray(v), hw) for v in labels.values]
+    labels_digest = digest(labels)
+    if req.shuffle_labels:
+        labels.values = [labels.values[i] for i in np.random.default_rng(0).permutation(len(labels))]
+        report("labels: shuffled among the frames (a control)")
+    return task, labels, fmt, labels_digest
+
+
+def run_fit(
+    req: FitRequest,
+    embed: Embed | None = None,
+    report: Callable[[str], None] = print,
+    parents: dict[str, Any] | None = None,
+) -> FitReport:
+    """The whole `fth heads fit`; raises LabelError / FeatureError / ArtifactError / ValueError on wrong input.
+    `parents`: extra lineage for the card (a refit names the head it refits)."""
     from fth.config import build
     from heads.artifact import save_head
     from heads.fit import FitConfig, predict_outputs
@@ -148,16 +198,7 @@ def run_fit(req: FitRequest, embed: Embed | None = None, report: Callable[[str],
     if enc_card.kind != "encoder":
         raise LabelError(f"--encoder {req.encoder}: {enc_card.id} is a {enc_card.kind!r} artifact, not an encoder")
     index = FrameIndex(ws.root, ws.catalog, req.source)
-    task, labels, fmt = read_labels(req, index)
-    if not len(labels):
-        raise LabelError(f"labels {req.labels}: no labelled frames")
-    if labels.note:
-        report(f"labels: {labels.note}")
-    for warning in task.check_labels(labels.values):
-        report(f"warning: {warning}")
-    if task.map_labels:
-        hw = label_size(np.asarray(labels.values[0]).shape[:2], req.max_label_side)
-        labels.values = [resize_nearest(np.asarray(v), hw) for v in labels.values]
+    task, labels, fmt, labels_digest = labelled(req, index, report)
     form = task.default_form if req.features == "auto" else req.features
     if task.dense and form != "grid":
         raise LabelError(f"{task.name} reads token grids; --features pooled cannot predict maps or boxes")
@@ -184,8 +225,9 @@ def run_fit(req: FitRequest, embed: Embed | None = None, report: Callable[[str],
     times = [index.by_id[i].captured_at for i in ids]
     result = fit_from_labels(task, labels, ids, x, times, cfg, recipe)
     extra = {"features": recipe.describe(), "labels": str(req.labels), "label_format": fmt, "embedded": embedded}
-    lineage = {"labels": digest(labels), "label_count": len(labels), "label_path": str(Path(req.labels).resolve())
-               if req.labels != "catalog" else "catalog"}  # fmt: skip
+    lineage = {"labels": labels_digest, "label_count": len(labels), "label_path": str(Path(req.labels).resolve())
+               if req.labels != "catalog" else "catalog", "request": req.recorded(), "label_frames": ids,
+               **(parents or {})}  # fmt: skip
     card = save_head(result, registry, encoder_id, extra, req.name or task.name, lineage)
 
     out = Path(req.out) if req.out else ws.root / "heads" / card.id
@@ -209,4 +251,4 @@ def run_fit(req: FitRequest, embed: Embed | None = None, report: Callable[[str],
            "summary": result.summary(), "plots": [p.name for p in plots]}  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
     return FitReport(card.id, encoder_id, task, result.metrics, result.baseline, embedded, recipe.describe(), out,
-                     result.summary())  # fmt: skip
+                     result.summary(), [ids[j] for j in test], labels_digest)  # fmt: skip

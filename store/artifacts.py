@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from store.fsutil import fsync_dir
+from store.fsutil import atomic_write, fsync_dir
 
 WEIGHTS = "weights.safetensors"
 _ID_RE = re.compile(r"[a-z][a-z0-9_]*-[0-9a-f]+")
@@ -154,6 +154,15 @@ class Registry:
     def load(self, ref: str | Path) -> tuple[dict[str, torch.Tensor], Card]:
         card = self.card(ref)
         return load_file(str(card.path / WEIGHTS)), card
+
+    def update_metrics(self, ref: str | Path, metrics: dict[str, Any]) -> Card:
+        """Merge `metrics` into an artifact's card, rewritten atomically. The id covers weights, config and parents,
+        not metrics, so it stays valid (a gate decision or a later evaluation is added this way)."""
+        card = self.card(ref)
+        card.metrics = {**card.metrics, **metrics}
+        with atomic_write(card.path / CARD, "w") as f:
+            f.write(json.dumps(card.to_json(), indent=2, sort_keys=True) + "\n")
+        return card
 
     def newest(self, kind: str, hint: str = "") -> Card:
         """The most recently registered artifact of `kind`; none is an error ending with `hint` (what to do).

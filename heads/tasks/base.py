@@ -4,8 +4,10 @@ A task says which label formats it reads and how (`readers`), how a list of labe
 (`targets`: fixed tensors, or padded variable-length boxes), its loss, its metrics (additive `stats` per batch, then
 `finalize`) with the primary metric and its direction, the best constant predictor for that metric (`baseline`), the
 default head kind, feature form and fitting preset, its served answer (`decode`), its one-line description of a
-prediction (`describe`) and its plot (`plot`). Nothing outside a task's own file branches on its name: adding a task
-is one file that subclasses `Task` and calls `register_task` (a test module may do it too).
+prediction (`describe`) and its plot (`plot`), and per frame, how wrong a prediction is (`frame_errors`) and when a
+change of head counts as a negative flip (`negative_flips`: the error grew past the task's stated tolerance).
+Nothing outside a task's own file branches on its name: adding a task is one file that subclasses `Task` and calls
+`register_task` (a test module may do it too).
 
 Shapes: B batch, (h, w) head output, (H, W) label size.
 """
@@ -80,6 +82,8 @@ class Task:
         default_form: `grid` or `pooled` features when the user does not say.
         preset: the FitConfig preset (configs/<preset>.yaml) used when `--config` is not given.
         columns: CSV value column names this task recognises, in preference order.
+        flip_tolerance: how much a frame's error (`frame_errors`) may grow before a new head's answer counts as a
+            negative flip against the old one's; a fraction of the old error when `relative_flip`.
     """
 
     name: str = ""
@@ -92,6 +96,8 @@ class Task:
     default_form: str = "grid"
     preset: str = "heads"
     columns: tuple[str, ...] = ()
+    flip_tolerance: float = 0.0
+    relative_flip: bool = False
 
     def __init__(self, cfg: TaskConfig):
         self.cfg = cfg
@@ -142,6 +148,17 @@ class Task:
             for k, v in self.stats(out, target).items():
                 total[k] = total[k] + v if k in total else v
         return self.finalize(total)
+
+    def frame_errors(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Head outputs (B, ...) and targets -> (B,) float error per frame, lower is better, in the task's own terms
+        (an absolute error for regressions, 1 - a per-frame score for maps and boxes, 0/1 for a class)."""
+        raise NotImplementedError
+
+    def negative_flips(self, old_err: torch.Tensor, new_err: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: frames a new head answers worse than the old one by more than the task's tolerance (for 0/1
+        errors and a tolerance below 1: right before, wrong now)."""
+        allowed = self.flip_tolerance * old_err if self.relative_flip else self.flip_tolerance
+        return new_err > old_err + allowed
 
     def baseline(self, train_target: torch.Tensor) -> torch.Tensor:
         """The best constant predictor for the primary metric, as one frame's head output (1, ...) broadcast over a

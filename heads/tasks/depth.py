@@ -57,6 +57,7 @@ def _weighted_median(values: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
 class Depth(Task):
     name, dense, map_labels, out_dim, primary = "depth", True, True, 1, "absrel"
     preset = "heads_dense"
+    flip_tolerance, relative_flip = 0.1, True  # a frame flips when its AbsRel grows by more than 10% of the old one
 
     def readers(self):
         return {"depth": _read}
@@ -93,6 +94,13 @@ class Depth(Task):
             "d1": (ratio < 1.25).sum().item(),
             "n": t.numel(),
         }
+
+    def frame_errors(self, out, target):
+        """(B,) AbsRel over each frame's valid pixels (0 for a frame without any)."""
+        pred = self.depth(out, tuple(target.shape[-2:]))
+        valid = target > 0
+        rel = torch.where(valid, (pred - target).abs() / target.clamp_min(1e-6), torch.zeros_like(pred))
+        return rel.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1)
 
     def finalize(self, s):
         n = max(s["n"], 1)

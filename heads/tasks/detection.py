@@ -131,6 +131,32 @@ def _read_label_studio(path: Path, ctx: LabelContext, task: Task) -> L.LabelSet:
     return L.finish(ids, values, str(path), ctx.known, classes=classes)
 
 
+def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, >=4) and (m, >=4) x0 y0 x1 y1 boxes -> (n, m) IoU."""
+    x0, y0 = np.maximum(a[:, None, 0], b[None, :, 0]), np.maximum(a[:, None, 1], b[None, :, 1])
+    x1, y1 = np.minimum(a[:, None, 2], b[None, :, 2]), np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
+
+
+def frame_f1(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> float:
+    """F1 of one frame's answered boxes (n, 6: x0 y0 x1 y1 score class, best first) against its true boxes (m, 5),
+    greedy matching at IoU >= `iou` within a class; 1 when both are empty."""
+    if not len(pred) and not len(truth):
+        return 1.0
+    if not len(pred) or not len(truth):
+        return 0.0
+    ious = _box_iou(pred, truth) * (pred[:, None, 5] == truth[None, :, 4])
+    taken, hits = np.zeros(len(truth), bool), 0
+    for row in ious:  # predictions best first, each takes its best free true box
+        row = np.where(taken, 0.0, row)
+        j = int(row.argmax())
+        if row[j] >= iou:
+            taken[j], hits = True, hits + 1
+    return 2 * hits / (len(pred) + len(truth))
+
+
 def _coco_eval(preds: list[np.ndarray], truths: list[np.ndarray], k: int) -> tuple[float, float]:
     """(mAP@[.5:.95], mAP@0.5) over images by pycocotools' COCOeval. preds: (n, 6) x0 y0 x1 y1 score class;
     truths: (m, 5) x0 y0 x1 y1 class; all relative."""
@@ -173,6 +199,7 @@ def _coco_eval(preds: list[np.ndarray], truths: list[np.ndarray], k: int) -> tup
 class Detection(Task):
     name, dense, primary, higher_is_better = "detection", True, "map50", True
     preset = "heads_detect"
+    flip_tolerance = 0.1  # a frame flips when its F1 drops by more than 0.1 (e.g. one of three people lost)
 
     def __init__(self, cfg: TaskConfig):
         super().__init__(cfg)
@@ -273,6 +300,12 @@ class Detection(Task):
         counted = np.array([float((p[:, 4] >= self.threshold).sum()) for p in preds])
         true_n = np.array([float(len(t)) for t in truths])
         return {"preds": preds, "truths": truths, "count_abs": float(np.abs(counted - true_n).sum()), "n": len(preds)}
+
+    def frame_errors(self, out, target):
+        """(B,) 1 - F1 at IoU 0.5 of the boxes the answer keeps (score >= the threshold) against the true boxes."""
+        preds = self.detections(out, self.threshold)
+        errs = [1 - frame_f1(p, t[t[:, 4] >= 0].numpy()) for p, t in zip(preds, target, strict=True)]
+        return torch.tensor(errs, dtype=torch.float32)
 
     def finalize(self, s):
         m, m50 = _coco_eval(s["preds"], s["truths"], self.k)

@@ -41,6 +41,7 @@ def _read(path: Path, ctx: LabelContext, task: Task) -> LabelSet:
 class Segmentation(Task):
     name, dense, map_labels, primary, higher_is_better = "segmentation", True, True, "miou", True
     preset = "heads_dense"
+    flip_tolerance = 0.05  # a frame flips when its own mIoU drops by more than 5 points
 
     def __init__(self, cfg: TaskConfig):
         super().__init__(cfg)
@@ -76,6 +77,24 @@ class Segmentation(Task):
         valid = t != self.cfg.ignore_index
         conf = torch.bincount(t[valid] * k + pred[valid], minlength=k * k).reshape(k, k)  # (true, predicted)
         return {"conf": conf.double()}
+
+    def frame_errors(self, out, target):
+        """(B,) 1 - the frame's own mIoU (over the classes its label or its prediction shows; 0 when neither shows
+        any valid pixel)."""
+        k = self.out_dim
+        pred = resize_map(out, tuple(target.shape[-2:])).argmax(1).flatten(1)  # (B, H*W)
+        t = target.long().flatten(1)
+        valid = t != self.cfg.ignore_index
+        inter, union = [], []
+        for c in range(k):
+            p_c, t_c = (pred == c) & valid, (t == c) & valid
+            inter.append((p_c & t_c).sum(1))
+            union.append((p_c | t_c).sum(1))
+        inter_t, union_t = torch.stack(inter, 1).double(), torch.stack(union, 1).double()  # (B, K)
+        shown = union_t > 0
+        iou = torch.where(shown, inter_t / union_t.clamp_min(1), torch.zeros_like(inter_t)).sum(1)
+        miou = torch.where(shown.any(1), iou / shown.sum(1).clamp_min(1), torch.ones_like(iou))
+        return (1 - miou).float()
 
     def finalize(self, s):
         conf = s["conf"]

@@ -74,6 +74,7 @@ class TimeOfDay(Task):
     name, out_dim, primary, unit = "time_of_day", 2, "mae_minutes", "min"
     default_form = "pooled"
     columns = ("time_of_day", "tod", "time")
+    flip_tolerance = 30.0  # minutes: a frame flips when its clock error grows by more than half an hour
 
     def readers(self):
         return {
@@ -115,10 +116,12 @@ class TimeOfDay(Task):
         unit = out / out.norm(dim=1, keepdim=True).clamp_min(1e-6)  # (B, 2) on the unit circle
         return (1 - unit[:, 0] * a.sin() - unit[:, 1] * a.cos()).mean()
 
-    def stats(self, out, target):
+    def frame_errors(self, out, target):
         diff = torch.remainder(self.seconds(out) - target, DAY)
-        minutes = torch.minimum(diff, DAY - diff) / 60.0
-        return {"abs_min": minutes.sum().item(), "n": target.numel()}
+        return torch.minimum(diff, DAY - diff) / 60.0  # (B,) minutes, wrap-around
+
+    def stats(self, out, target):
+        return {"abs_min": self.frame_errors(out, target).sum().item(), "n": target.numel()}
 
     def finalize(self, s):
         return {"mae_minutes": s["abs_min"] / s["n"], "n": s["n"]}
