@@ -26,9 +26,12 @@ WS_HELP = "workspace folder (default: $FTH_WORKSPACE or ./workspace)"
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("drift", help="score how far each source's embeddings moved from a reference window")
     p.add_argument("--reference", required=True, metavar="DAY..DAY", help="reference local days, inclusive, e.g. "
-                   "2026-05-01..2026-05-07")  # fmt: skip
-    p.add_argument("--window", default="1d", choices=["1d", "1h"], help="score per local day or hour (default 1d)")
-    p.add_argument("--since", help="first window scored, YYYY-MM-DD or YYYY-MM-DDTHH (default: after the reference)")
+                   "2026-05-01..2026-05-07 (or hours 2026-05-01T08..2026-05-01T11, or minutes "
+                   "2026-05-01T08:00..2026-05-01T08:09)")  # fmt: skip
+    p.add_argument("--window", default="1d", help="score per local day (1d), hour (1h) or N minutes (e.g. 10m; N "
+                   "divides 60) (default 1d)")  # fmt: skip
+    p.add_argument("--since", help="first window scored, as a window key: YYYY-MM-DD, YYYY-MM-DDTHH or "
+                   "YYYY-MM-DDTHH:MM (default: after the reference)")  # fmt: skip
     p.add_argument("--until", help="windows before this one only (exclusive)")
     p.add_argument("--method", choices=["auc", "mmd"], help="domain classifier AUC or MMD permutation test "
                    "(default: the config's, auc)")  # fmt: skip

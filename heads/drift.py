@@ -13,8 +13,10 @@ Two two-sample tests on pooled vectors (B, D), behind one function (`drift_score
 A window is flagged when its AUC reaches `threshold` (`auc`), or its p-value is at or below it (`mmd`). Which method is
 the default was chosen by measurement (bench/drift.py; README "fth drift").
 
-`windows` groups catalog rows per source into local days (`1d`) or hours (`1h`); `score_sources` scores each window
-after the reference against it. Nothing here reads images or runs an encoder: embeddings come from the store.
+`window_key` groups catalog rows per source into local days (`1d`), hours (`1h`) or minute blocks (`Nm`, N dividing
+60: `10m` keys `YYYY-MM-DDTHH:M0`); `score_sources` scores each window after the reference against it. The reference
+is local days, hours or minutes (`parse_days`), compared with window keys cut to its own length. Nothing here reads
+images or runs an encoder: embeddings come from the store.
 Shapes: n frames, D width, P permutations.
 """
 
@@ -30,7 +32,6 @@ from typing import Any, Literal
 import numpy as np
 
 log = logging.getLogger(__name__)
-WINDOWS = {"1d": 10, "1h": 13}  # window key = the first characters of "YYYY-MM-DDTHH" (local time)
 
 
 class DriftError(ValueError):
@@ -145,25 +146,40 @@ def drift_score(ref: np.ndarray, cur: np.ndarray, cfg: DriftConfig) -> tuple[flo
 
 
 def window_key(local_day: str, local_tod: float, window: str) -> str:
-    """A frame's window: its local day `YYYY-MM-DD` (`1d`) or local hour `YYYY-MM-DDTHH` (`1h`)."""
-    if window not in WINDOWS:
-        raise DriftError(f"--window {window!r}: expected one of {', '.join(WINDOWS)}")
-    return f"{local_day}T{int(local_tod):02d}"[: WINDOWS[window]]
+    """A frame's window: its local day `YYYY-MM-DD` (`1d`), hour `YYYY-MM-DDTHH` (`1h`) or N-minute block
+    `YYYY-MM-DDTHH:MM` (`Nm`, the block's first minute)."""
+    if window == "1d":
+        return local_day
+    if window == "1h":
+        return f"{local_day}T{int(local_tod):02d}"
+    n = int(window[:-1]) if window.endswith("m") and window[:-1].isdigit() else 0
+    if n <= 0 or 60 % n:
+        raise DriftError(f"--window {window!r}: expected 1d, 1h or Nm with N dividing 60 (e.g. 10m)")
+    minute = min(int(local_tod * 60), 24 * 60 - 1)
+    return f"{local_day}T{minute // 60:02d}:{minute % 60 // n * n:02d}"
+
+
+TIME_FORMS = {10: "%Y-%m-%d", 13: "%Y-%m-%dT%H", 16: "%Y-%m-%dT%H:%M"}
 
 
 def parse_days(text: str) -> tuple[str, str]:
-    """`2026-05-01..2026-05-07` (or one day) -> (first, last) local days, inclusive."""
-    from datetime import date
+    """`2026-05-01..2026-05-07` (or one day) -> (first, last) local days, inclusive; hours (`2026-05-01T08`) and
+    minutes (`2026-05-01T08:10`) the same way, both ends of one form."""
+    from datetime import datetime
 
     first, _, last = text.partition("..")
-    last = last or first
+    first, last = first.strip(), (last or first).strip()
+    form = TIME_FORMS.get(len(first))
     try:
-        a, b = date.fromisoformat(first.strip()), date.fromisoformat(last.strip())
+        if form is None or len(last) != len(first):
+            raise ValueError
+        a, b = datetime.strptime(first, form), datetime.strptime(last, form)
     except ValueError:
-        raise DriftError(f"--reference {text!r}: expected YYYY-MM-DD..YYYY-MM-DD local days") from None
+        raise DriftError(f"--reference {text!r}: expected YYYY-MM-DD..YYYY-MM-DD local days (or both ends as "
+                         "YYYY-MM-DDTHH or YYYY-MM-DDTHH:MM)") from None  # fmt: skip
     if b < a:
         raise DriftError(f"--reference {text!r}: the last day is before the first")
-    return a.isoformat(), b.isoformat()
+    return first, last
 
 
 @dataclass
@@ -206,7 +222,7 @@ def score_sources(
     Args:
         frames: catalog rows (any order, several sources).
         embeddings: frame ids -> {id: (D,) pooled vector} for those the store holds (missing ids left out).
-        reference: (first, last) local days, inclusive.
+        reference: (first, last) local days, inclusive (or hours / minutes, as `parse_days` returns them).
     """
     by_source: dict[str, dict[str, list[str]]] = {}
     for f in frames:
@@ -214,7 +230,10 @@ def score_sources(
         by_source.setdefault(f.source, {}).setdefault(key, []).append(f.id)
     out = []
     for source, wins in sorted(by_source.items()):
-        ref_ids = [i for key, ids in wins.items() if reference[0] <= key[:10] <= reference[1] for i in ids]
+        cut = len(reference[0])  # a day reference takes every window of its days, a minute one its minutes
+        if cut > len(next(iter(wins))):
+            raise DriftError(f"--reference {reference[0]}..{reference[1]} is finer than --window {window} windows")
+        ref_ids = [i for key, ids in wins.items() if reference[0] <= key[:cut] <= reference[1] for i in ids]
         if not ref_ids:
             raise DriftError(f"source {source}: no frames in the reference window {reference[0]}..{reference[1]}")
         have = embeddings(ref_ids)
@@ -222,7 +241,7 @@ def score_sources(
         if len(ref) < cfg.min_frames:
             raise DriftError(f"source {source}: {len(ref)} of {len(ref_ids)} reference frames have embeddings "
                              f"(need {cfg.min_frames}; embed them first: fth embed, or --embed)")  # fmt: skip
-        start = since or f"{reference[1]}~"  # "~" sorts after any hour suffix: the first window after the reference
+        start = since or f"{reference[1]}~"  # "~" sorts after any hour/minute suffix: the first window after it
         for key in sorted(k for k in wins if k >= start and (until is None or k < until)):
             have = embeddings(wins[key])
             cur = [have[i] for i in wins[key] if i in have]

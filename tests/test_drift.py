@@ -18,7 +18,7 @@ from serving import tiny_encoder
 from sim_workspace import day, sim_config, sim_workspace
 
 from fth.cli import main
-from heads.drift import DriftConfig, FrameRef, classifier_auc, mmd_test, score_sources
+from heads.drift import DriftConfig, DriftError, FrameRef, classifier_auc, mmd_test, parse_days, score_sources
 from server.metrics import MULTIPROC_ENV, Metrics
 from store.drift_latest import read_latest
 
@@ -115,12 +115,33 @@ def test_hourly_windows_group_by_local_hour():
     assert [s.flagged for s in scores] == [False, True, False]  # only the shifted hour
 
 
+def test_minute_windows_and_a_minute_reference():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    frames, vectors = [], {}
+    for m in range(40):  # 08:00-08:39, 12 frames a minute; from 08:20 on the scene changed
+        for k in range(12):
+            fid = f"{m}-{k}"
+            frames.append(FrameRef(fid, "cam", day(0), 8 + (m + k / 12) / 60))
+            vectors[fid] = rng.normal(size=8) + (3.0 if m >= 20 else 0.0)
+    ref = parse_days(f"{day(0)}T08:00..{day(0)}T08:09")
+    scores = score_sources(frames, lambda ids: {i: vectors[i] for i in ids}, ref, DriftConfig(), "10m")
+    assert [s.window for s in scores] == [f"{day(0)}T08:{m}0" for m in (1, 2, 3)]
+    assert [s.flagged for s in scores] == [False, True, True]
+    with pytest.raises(DriftError, match="finer than"):
+        score_sources(frames, lambda ids: {}, ref, DriftConfig(), "1h")
+    with pytest.raises(DriftError, match="N dividing 60"):
+        score_sources(frames, lambda ids: {}, ref, DriftConfig(), "7m")
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--source", "nope"], "unknown source 'nope'"),
         (["--reference", "2020-01-01..2020-01-02"], "no frames in the reference window"),
         (["--reference", "2026-05-07..2026-05-01"], "the last day is before the first"),
+        (["--reference", "2026-05-01..2026-05-01T08"], "both ends as"),
         (["--since", "2027-01-01"], "no window"),
         (["--encoder", "encoder-0000"], "not found"),
     ],
