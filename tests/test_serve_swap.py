@@ -34,11 +34,12 @@ def png() -> bytes:
 
 
 class Clients:
-    """Threads posting /v1/embed back to back: half on one kept-alive connection each, half on a new connection per
-    request. Each answer is (sent, received, status or exception, client, X-Encoder-Id)."""
+    """Threads posting /v1/embed without pause (but `gap_s` between answer and next request, so the two shared cores
+    also boot the new worker): half on one kept-alive connection each, half on a new connection per request. Each
+    answer is (sent, received, status or exception, client, X-Encoder-Id)."""
 
-    def __init__(self, url: str, n: int = 4):
-        self.url, self.answers, self.stop = url, [], threading.Event()
+    def __init__(self, url: str, n: int = 4, gap_s: float = 0.02):
+        self.url, self.answers, self.stop, self.gap_s = url, [], threading.Event(), gap_s
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(n)]
         self.body = png()
 
@@ -53,6 +54,7 @@ class Clients:
             except requests.RequestException as e:  # a refused or dropped connection is a failed request
                 answer = (sent, time.monotonic(), repr(e), i, None)
             self.answers.append(answer)
+            time.sleep(self.gap_s)
 
     def __enter__(self) -> Clients:
         for t in self.threads:
@@ -93,6 +95,7 @@ def two_encoders(tmp_path):
     return ws, a.id, b.id
 
 
+@pytest.mark.slow
 def test_promote_then_rollback_under_load_fails_no_request(two_encoders):
     ws, a, b = two_encoders
     promote(ws, a, [], "first")
