@@ -3,7 +3,8 @@
 `save_encoder` registers weights + card; `load_encoder` needs only an id or a path and rebuilds the exact model.
 `load_resume` reads a training checkpoint (`encoder.engine.save_checkpoint`) to resume from: a file that does not load
 (truncated by a full disk or a killed copy) is named in the error, and `--resume auto` falls back to the newest
-checkpoint that does load, saying so.
+checkpoint that does load, saying so. `warm_start` (`fth train --init ENCODER`) loads a registered encoder into a new
+run's MAE, strictly, and its decoder from the parent run's checkpoint when that run folder is still there.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from encoder.config import ViTConfig
 from encoder.vit import ViT
-from fth.config import from_dict, to_dict
+from fth.config import ConfigError, from_dict, to_dict
 from store.artifacts import ArtifactError, Card, Registry
 from store.paths import Workspace
 
@@ -26,6 +27,11 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(RuntimeError):
     """A training checkpoint that cannot be loaded; the message names the file."""
+
+
+class InitError(ConfigError):
+    """An `--init` encoder that cannot start this run's model (unknown, not an encoder, another architecture); one
+    line naming the parameter (a ConfigError, so `fth` prints it without a traceback and exits 2)."""
 
 
 def save_encoder(
@@ -90,3 +96,84 @@ def load_resume(
     if found:
         raise CheckpointError(f"none of the {len(found)} checkpoints in {found[0].parent} loads")
     return None, None
+
+
+def _state_mismatch(own: dict[str, torch.Tensor], given: dict[str, torch.Tensor], prefix: str = "") -> str | None:
+    """The first difference between two state dicts' names and shapes, as a phrase; None when they match."""
+    missing, unexpected = sorted(own.keys() - given.keys()), sorted(given.keys() - own.keys())
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        return f"parameter {prefix}{missing[0]}{more} of this run's model is not in it"
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        return f"its parameter {prefix}{unexpected[0]}{more} is not in this run's model"
+    for name in own:
+        if own[name].shape != given[name].shape:
+            return (
+                f"parameter {prefix}{name} has shape {tuple(given[name].shape)} there but "
+                f"{tuple(own[name].shape)} in this run's model"
+            )
+    return None
+
+
+def _config_diff(own: dict[str, Any], parent: dict[str, Any]) -> str:
+    keys = [k for k in own if k != "attention" and own.get(k) != parent.get(k)]
+    return ", ".join(f"{k}={parent.get(k)!r} there, {own[k]!r} here" for k in keys)
+
+
+def _decoder_checkpoint(card: Card, encoder_weights: dict[str, torch.Tensor], device) -> tuple[dict | None, str]:
+    """The parent run's checkpoint whose encoder is exactly the registered one (newest first), and where it is; or
+    (None, why not)."""
+    from encoder.engine import checkpoints
+
+    run_dir = card.parents.get("run_dir")
+    if not run_dir:
+        return None, f"{card.id} names no training run (parents.run_dir)"
+    found = checkpoints(Path(run_dir) / "checkpoints")
+    if not found:
+        return None, f"no checkpoint in {run_dir}/checkpoints"
+    for path in reversed(found):
+        try:
+            model = load_checkpoint(path, device)["model"]
+        except (CheckpointError, KeyError) as e:
+            log.warning("%s", e)
+            continue
+        if all(torch.equal(model.get(f"encoder.{k}", torch.empty(0)).cpu(), v) for k, v in encoder_weights.items()):
+            return model, str(path)
+    return None, f"no checkpoint in {run_dir}/checkpoints holds the registered encoder's weights"
+
+
+def warm_start(mae: torch.nn.Module, ref: str | Path, registry: Registry, device="cpu") -> dict[str, Any]:
+    """Load encoder `ref` (id, unique id prefix or artifact folder) into `mae.encoder`, every weight, strictly; and
+    the decoder (everything of `mae` outside the encoder) from the parent run's checkpoint when one holds exactly
+    this encoder. A decoder that is not there or does not fit starts fresh, with a warning.
+
+    Returns what was loaded: {"encoder": parent id, "encoder_data": the parent's frame digest, "decoder": checkpoint
+    path or None, "decoder_note": why not}. Raises `InitError` naming the first parameter that does not fit.
+    """
+    try:
+        weights, card = registry.load(ref)
+    except ArtifactError as e:
+        raise InitError(f"--init {ref}: {e}") from None
+    if card.kind != KIND:
+        raise InitError(f"--init {ref}: {card.id} is a {card.kind!r} artifact, not an encoder")
+    problem = _state_mismatch(mae.encoder.state_dict(), weights, "encoder.")
+    if problem:
+        diff = _config_diff(to_dict(mae.cfg.encoder), card.config.get("encoder", {}))
+        raise InitError(
+            f"--init {card.id}: {problem}; train with its model config"
+            + (f" (model.encoder differs: {diff})" if diff else "")
+        )
+    mae.encoder.load_state_dict(weights, strict=True)
+    info: dict[str, Any] = {"encoder": card.id, "encoder_data": card.parents.get("data"), "decoder": None}
+    state, where = _decoder_checkpoint(card, weights, device)
+    if state is not None:
+        problem = _state_mismatch(mae.state_dict(), state)
+        if problem is None:
+            mae.load_state_dict(state, strict=True)
+            info["decoder"] = where
+            return info
+        where = f"{where} does not fit this run's decoder: {problem}"
+    info["decoder_note"] = where
+    log.warning("--init %s: the decoder starts fresh (%s)", card.id, where)
+    return info

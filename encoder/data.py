@@ -18,6 +18,9 @@ Two places can decode (`DataConfig.decode`), with the same random draws (`draw_s
   encoded `frames`, their `box` and `flip`, and `encoder.decode.device_images` decodes, crops, resizes and flips the
   batch on the training device (nvJPEG on CUDA; the same tensor ops on CPU).
 Samples are keyed `(epoch, index)`, so persistent workers need no per-epoch state: the epoch travels with the key.
+
+Replay (`DataConfig.replay_fraction`, continued pretraining): indices past the window's frames read older frames,
+a fresh draw each epoch from (seed, epoch) (`ReplayDraw`), so the mix is exact under resume and any worker count.
 """
 
 from __future__ import annotations
@@ -78,6 +81,49 @@ def catalog_records(cfg: DataConfig) -> list[FrameRecord]:
     finally:
         catalog.close()
     return [FrameRecord(r.id, ws.root / r.path) for r in rows]
+
+
+def replay_records(cfg: DataConfig) -> list[FrameRecord]:
+    """The replay pool: frames of the same sources and flags captured before `cfg.since`, oldest first."""
+    from dataclasses import replace
+
+    from fth.config import ConfigError
+
+    if not 0.0 <= cfg.replay_fraction < 1.0:
+        raise ConfigError(f"data.replay_fraction {cfg.replay_fraction} must be in [0, 1)")
+    if cfg.source != "catalog":
+        raise ConfigError("data.replay_fraction needs data.source catalog (replay draws from catalog frames)")
+    if not cfg.since:
+        raise ConfigError("data.replay_fraction needs data.since: replay draws from frames captured before it")
+    pool = catalog_records(replace(cfg, since=None, until=cfg.since))
+    if not pool:
+        raise ConfigError(
+            f"data.replay_fraction {cfg.replay_fraction}: no frames captured before {cfg.since} to replay"
+        )
+    return pool
+
+
+def replay_count(new: int, fraction: float) -> int:
+    """Older frames per epoch so that they are `fraction` of it: round(new x f / (1 - f))."""
+    return round(new * fraction / (1.0 - fraction)) if fraction > 0 else 0
+
+
+class ReplayDraw:
+    """Which older frame each replay slot of an epoch reads: `count` indices into a pool of `pool` frames, drawn
+    from (seed, epoch), without replacement unless the pool is smaller than `count`. One epoch's draw is cached."""
+
+    STREAM = 7  # keeps these draws apart from the per-sample streams of (seed, epoch, index)
+
+    def __init__(self, pool: int, count: int, seed: int):
+        self.pool, self.count, self.seed = pool, count, seed
+        self._epoch, self._draw = -1, np.empty(0, dtype=np.int64)
+
+    def __call__(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch, self.STREAM, 0])
+            self._draw = rng.choice(self.pool, self.count, replace=self.count > self.pool)
+            self._epoch = epoch
+        return self._draw
 
 
 def frame_digest(ids: Iterable[str]) -> str:
@@ -219,6 +265,7 @@ class FrameDataset(Dataset):
         cfg: augmentation and skipping settings.
         seed: the run seed.
         decode: `pil` (decode in the worker) or `device` (ship the encoded frame; see `make_sample`).
+        replay: the replay pool (older frames); `replay_count` of them join each epoch (see `ReplayDraw`).
     """
 
     def __init__(
@@ -229,23 +276,33 @@ class FrameDataset(Dataset):
         cfg: DataConfig,
         seed: int,
         decode: str = "pil",
+        replay: Sequence[FrameRecord] = (),
+        replay_count: int = 0,
     ):
         if not records:
             raise ValueError("no frames to train on (check data.sources / since / until)")
         self.records, self.size, self.num_patches = list(records), tuple(size), num_patches
         self.cfg, self.seed, self.epoch, self.decode = cfg, seed, 0, decode
+        self.replay = list(replay)
+        self.draw = ReplayDraw(len(self.replay), replay_count if self.replay else 0, seed)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.records) + self.draw.count
+
+    def record(self, epoch: int, index: int) -> FrameRecord:
+        """The frame sample `index` of `epoch` reads: a window frame, or past them an older one (replay)."""
+        if index < len(self.records):
+            return self.records[index]
+        return self.replay[self.draw(epoch)[index - len(self.records)]]
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         bad: list[str] = []
         for k in range(self.cfg.max_skip + 1):
-            record = self.records[(index + k) % len(self.records)]
+            record = self.record(epoch, (index + k) % len(self))
             try:
                 data = record.path.read_bytes()
                 sample = make_sample(data, self.seed, epoch, index, self.size, self.num_patches, self.cfg, self.decode)
@@ -287,6 +344,9 @@ class FrameData:
         records: all frames of the run (every rank gets the same list).
         size: output (H, W).  num_patches: N.  cfg: data settings.  seed: run seed.
         batch_size: per rank.  world, rank: DDP layout.  device_type: `cpu` or `cuda` (pinning, decode place).
+        replay: older frames to mix in, `cfg.replay_fraction` of each epoch (see `FrameDataset`).
+
+    `digest` is over every frame the run may read (window and replay pool); `digests` names the two parts.
     """
 
     def __init__(
@@ -300,12 +360,17 @@ class FrameData:
         world: int = 1,
         rank: int = 0,
         device_type: str = "cpu",
+        replay: Sequence[FrameRecord] = (),
     ):
         self.decode = decode_place(cfg, device_type)
-        self.dataset = FrameDataset(records, size, num_patches, cfg, seed, self.decode)
-        self.sampler = EpochSampler(len(records), world, rank, seed)
+        count = replay_count(len(records), cfg.replay_fraction) if replay else 0
+        self.dataset = FrameDataset(records, size, num_patches, cfg, seed, self.decode, replay, count)
+        self.sampler = EpochSampler(len(self.dataset), world, rank, seed)
         self.cfg, self.batch_size, self.device_type = cfg, batch_size, device_type
-        self.digest = frame_digest(r.id for r in records)
+        self.digest = frame_digest(r.id for r in [*records, *replay])
+        self.digests = {"window": frame_digest(r.id for r in records)}
+        if replay:
+            self.digests["replay"] = frame_digest(r.id for r in replay)
         self.loader: torch.utils.data.DataLoader | None = None
 
     def batches_per_epoch(self) -> int:

@@ -6,6 +6,10 @@ sinks on rank 0 (TensorBoard, W&B when installed and configured, tqdm, PNG panel
 (resolved config, git commit, frame-set digest, versions, world size) and, at the end, the encoder registered in
 the artifact registry without its decoder.
 
+Continued pretraining (`fth train --init ENCODER`): the MAE starts from a registered encoder (and its run's decoder,
+`encoder.checkpoint.warm_start`) with a fresh optimiser and schedule, typically on a window of new frames
+(`data.since`) with a replay share of older ones (`data.replay_fraction`); its card names the parent.
+
 Run folder (`<workspace>/runs/<name>` or `run_dir`): config.yaml, lineage.json, metrics.jsonl, checkpoints/,
 panels/, tb/, summary.json.
 """
@@ -30,13 +34,13 @@ import yaml
 from PIL import Image
 
 from encoder.attention import bind_crossover
-from encoder.checkpoint import load_resume
+from encoder.checkpoint import load_resume, warm_start
 from encoder.engine import NonFiniteLoss, Trainer
 from encoder.mae import MAE, patchify, unpatchify
 from encoder.optim import build_optimizer, peak_lr, warmup_steps
 from encoder.preprocess import normalize
 from encoder.train_config import TrainConfig, add_train_args, config_from_args
-from fth.config import to_dict
+from fth.config import ConfigError, to_dict
 from store.paths import Workspace
 
 log = logging.getLogger("encoder.train")
@@ -206,11 +210,22 @@ def build_data(cfg: TrainConfig, world: int, rank: int, device: torch.device):
         args = (cfg.data.shards, (h, w), num_patches, cfg.data, cfg.seed, cfg.batch_size, world, rank, device.type)
         data = shard_data(*args)
         return data, data.dataset.index["count"]
-    from encoder.data import FrameData, catalog_records
+    from encoder.data import FrameData, catalog_records, replay_records
 
+    if cfg.data.replay_fraction and cfg.data.source == "shards":
+        from fth.config import ConfigError
+
+        raise ConfigError("data.replay_fraction needs data.source catalog (replay draws from catalog frames)")
     records = catalog_records(cfg.data)
-    data = FrameData(records, (h, w), num_patches, cfg.data, cfg.seed, cfg.batch_size, world, rank, device.type)
-    return data, len(records)
+    replay = replay_records(cfg.data) if cfg.data.replay_fraction else []
+    args = (records, (h, w), num_patches, cfg.data, cfg.seed, cfg.batch_size, world, rank, device.type)
+    data = FrameData(*args, replay=replay)
+    if replay:
+        log.info(
+            "replay: %d of %d samples per epoch from %d frames before %s (%s)",
+            data.dataset.draw.count, len(data.dataset), len(replay), cfg.data.since, data.digests["replay"],
+        )  # fmt: skip
+    return data, len(data.dataset)
 
 
 def git_commit() -> str | None:
@@ -224,13 +239,17 @@ def git_commit() -> str | None:
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def write_lineage(run_dir: Path, cfg: TrainConfig, digest: str, frames: int, world: int, step: int) -> dict:
+def write_lineage(
+    run_dir: Path, cfg: TrainConfig, digest: str, frames: int, world: int, step: int, init: dict | None = None
+) -> dict:
     """Resolved config and lineage; each (re)start appends to lineage.json's `starts`."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     path = run_dir / "lineage.json"
     lineage = json.loads(path.read_text()) if path.is_file() else {"starts": []}
     lineage |= {"data_digest": digest, "frames": frames, "git_commit": git_commit(), "name": cfg.name}
+    if init:
+        lineage["init"] = init
     lineage["starts"].append(
         {
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -263,7 +282,16 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir) if cfg.run_dir else ws.runs / cfg.name
 
     data, frames = build_data(cfg, world, rank, device)
-    mae = MAE(cfg.model).to(device)
+    mae = MAE(cfg.model)
+    init = None
+    if cfg.init:
+        from store.artifacts import Registry
+
+        init = warm_start(mae, cfg.init, Registry(ws.artifacts), device="cpu")
+        decoder = init["decoder"] or f"fresh ({init['decoder_note']})"
+        log.info("warm start from %s: every encoder weight; decoder %s; optimiser and lr schedule start fresh",
+                 init["encoder"], decoder)  # fmt: skip
+    mae = mae.to(device)
     bind_crossover(mae, device)
     model: torch.nn.Module = mae
     if world > 1:
@@ -283,7 +311,7 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
         trainer.load_state_dict(state)
         log.info("resumed from %s at step %d", start, trainer.step)
     if rank == 0:
-        write_lineage(run_dir, cfg, data.digest, frames, world, trainer.step)
+        write_lineage(run_dir, cfg, data.digest, frames, world, trainer.step, init)
         log.info(
             "run %s: %d frames (%s), world %d, effective batch %d, peak lr %.3g, %d steps (%d per epoch), %s, "
             "decode on %s",
@@ -296,9 +324,11 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     finally:
         sink.close()
     summary |= {"run": str(run_dir), "data_digest": data.digest, "world_size": world, "effective_batch": effective}
+    if init:
+        summary["init"] = init
     if rank == 0:
         if cfg.register:
-            summary["encoder"] = register(cfg, mae, run_dir, data.digest, summary)
+            summary["encoder"] = register(cfg, mae, run_dir, data, summary, init)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         log.info(
             "done: %d steps, final loss %s, %d frames skipped",
@@ -312,12 +342,19 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     return summary
 
 
-def register(cfg: TrainConfig, mae: MAE, run_dir: Path, digest: str, summary: dict[str, Any]) -> str:
-    """Register the encoder (no decoder) with a card naming the run and the frame set it trained on."""
+def register(cfg: TrainConfig, mae: MAE, run_dir: Path, data, summary: dict[str, Any], init: dict | None = None) -> str:
+    """Register the encoder (no decoder) with a card naming the run and the frame set it trained on (`data`: every
+    frame it may read). A continued run's card also names its parent encoder (`init`) and the parent's frames
+    (`init_data`), the window (`since`, `until`) and, with replay, the replay share and the two parts' digests."""
     from encoder.checkpoint import save_encoder
     from store.artifacts import Registry
 
-    parents = {"run": run_dir.name, "run_dir": str(run_dir.resolve()), "data": digest, "git_commit": git_commit()}
+    parents = {"run": run_dir.name, "run_dir": str(run_dir.resolve()), "data": data.digest, "git_commit": git_commit()}
+    if init:
+        parents |= {"init": init["encoder"], "init_data": init["encoder_data"], "init_decoder": bool(init["decoder"])}
+        parents |= {"since": cfg.data.since, "until": cfg.data.until}
+    if cfg.data.replay_fraction:
+        parents |= {"replay_fraction": cfg.data.replay_fraction, "data_parts": getattr(data, "digests", {})}
     metrics = {
         "final_loss": summary["final_loss"],
         "steps": summary["steps"],
@@ -348,6 +385,9 @@ def cli_main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as e:
         log.error("%s", e)
         return 1
+    except ConfigError as e:
+        print(f"encoder.train: config error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

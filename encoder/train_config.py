@@ -10,6 +10,7 @@ checkpointing and logging. Presets: `configs/mae_tiny.yaml` (CPU smoke run), `co
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,6 +28,11 @@ class DataConfig:
         workspace: workspace folder holding the catalog and frames (default: `$FTH_WORKSPACE` or ./workspace).
         sources: catalog source ids to train on (empty: all).
         since, until: UTC ISO times bounding `captured_at` (since inclusive, until exclusive); empty: unbounded.
+        replay_fraction: share of each epoch's samples drawn from frames captured before `since` (same sources and
+            flags), for continued pretraining (`fth train --init`) that should not forget the older scenes: 0 = none,
+            0.3 = 30%. An epoch is then the window's frames plus round(n x f / (1 - f)) older ones, drawn afresh each
+            epoch without replacement (with replacement when fewer exist) from (seed, epoch): same seed, same draws.
+            Needs `since` and `source: catalog`.
         include_duplicates, include_stale: keep frames the collector marked as near-duplicates / frozen-stream.
         shards: folder of `*.tar` shards and their `index.json` (source `shards`).
         crop_scale: random resized crop area fraction range.
@@ -58,6 +64,7 @@ class DataConfig:
     prefetch_factor: int = 4
     pin_memory: bool = True
     max_skip: int = 16
+    replay_fraction: float = 0.0
 
 
 @dataclass
@@ -104,6 +111,12 @@ class TrainConfig:
         tensorboard: write TensorBoard scalars.  wandb: log to Weights & Biases when installed and configured.
         progress: tqdm progress bar on rank 0.
         register: register the encoder (no decoder) in the workspace artifact registry at the end.
+        init: warm start (continued pretraining): a registered encoder id (or unique prefix, or artifact folder)
+            whose weights start the encoder, every one, strictly (another architecture is an error naming the
+            parameter); the decoder too, from the parent's run checkpoint when that is still there (else it starts
+            fresh, with a warning). The optimiser and learning-rate schedule start fresh. The new card names the
+            parent (`parents.init`) and its frame digest (`parents.init_data`). Empty: random init. A run that
+            resumes from its own checkpoint resumes; `init` only sets where it started.
         step_delay: seconds to sleep after each step (tests use it to kill a run mid-epoch); 0 in real runs.
     """
 
@@ -131,6 +144,7 @@ class TrainConfig:
     wandb: bool = True
     progress: bool = True
     register: bool = True
+    init: str = ""
     step_delay: float = 0.0
 
 
@@ -141,11 +155,23 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     add_config_args(parser, default="mae_tiny")
     parser.add_argument("--resume", default=None, help="auto (latest checkpoint of the run, if any), none, or a path")
     parser.add_argument("--workspace", default=None, help="workspace folder (default: $FTH_WORKSPACE or ./workspace)")
+    parser.add_argument(
+        "--init",
+        default=None,
+        metavar="ENCODER",
+        help="continue pretraining from this registered encoder (and its run's decoder when available)",
+    )
+    parser.add_argument("--since", default=None, help="train on frames captured at or after this UTC ISO time")
+    parser.add_argument("--until", default=None, help="... and before this one")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """`--config`, then `--set` overrides, then `--resume` / `--workspace`."""
+    """`--config`, then `--set` overrides, then `--resume` / `--workspace` / `--init`."""
     overrides = list(args.overrides)
+    # quoted: YAML would read a bare ISO time as a datetime, and an id of digits as a number
+    for key, value in (("init", args.init), ("data.since", args.since), ("data.until", args.until)):
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
     if args.resume is not None:
         overrides.append(f"resume={args.resume}")
     if args.workspace is not None:

@@ -2,7 +2,9 @@
 
 `fth serve` runs gunicorn in-process (`server.gunicorn_app`: one model per worker process, nothing loaded in the
 master); `--dev` runs the Flask development server instead. A non-loopback `--bind` with no API key configured is
-refused unless `--insecure-no-auth` is given. No torch import happens until a handler runs.
+refused unless `--insecure-no-auth` is given. `fth serve promote / rollback / reload` change the served set
+(`store.release`) and switch the running servers of the workspace to it without a failed request (`server.swap`).
+No torch import happens until a handler runs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -32,6 +35,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--insecure-no-auth", action="store_true", help="allow a non-loopback --bind with no API key configured"
     )
     serve.set_defaults(func=_serve)
+    actions = serve.add_subparsers(dest="serve_action", metavar="[ACTION]")
+    promote = actions.add_parser(
+        "promote", help="serve ENCODER and HEADS from now on: record the set, switch running servers (no downtime)"
+    )
+    promote.add_argument("--encoder", required=True, help="encoder id (or unique id prefix) to serve")
+    promote.add_argument(
+        "--heads",
+        default=None,
+        help="comma-separated head ids to serve with it (default: every registered head that loads on it); '' for none",
+    )
+    promote.add_argument("--note", default="", help="why (kept in release.json)")
+    rollback = actions.add_parser("rollback", help="serve the previous set again, switching running servers")
+    reload = actions.add_parser("reload", help="switch running servers to the set release.json names now")
+    status = actions.add_parser("status", help="the served set, the sets rollback returns to, running servers")
+    for action in (promote, rollback, reload, status):
+        action.add_argument(
+            "--workspace", default=argparse.SUPPRESS, help="workspace folder (default: $FTH_WORKSPACE or ./workspace)"
+        )
+    for action in (promote, rollback, reload):
+        action.add_argument(
+            "--wait", type=float, default=120.0, help="seconds to wait for each server to switch (0: do not wait)"
+        )
+    promote.set_defaults(func=_promote)
+    rollback.set_defaults(func=_rollback)
+    reload.set_defaults(func=_reload)
+    status.set_defaults(func=_status)
 
     embed = sub.add_parser("embed", help="embed catalog frames into the embedding store (resumable, torchrun-able)")
     add_config_args(embed)
@@ -95,22 +124,133 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _servable(ws, encoder: str, heads: list[str] | None) -> tuple[str, list[str]]:
+    """Load the set here, as a worker will (so a swap never forks workers that cannot start): (encoder id, head ids).
+    `heads` None: every registered head that loads on the encoder."""
+    from encoder.checkpoint import load_encoder
+    from heads.artifact import load_heads
+    from store.artifacts import Registry
+
+    registry = Registry(ws.artifacts)
+    _, card = load_encoder(encoder, registry)
+    loaded = load_heads(registry, card.id, heads or [], auto=heads is None)
+    return card.id, heads if heads is not None else [h.id for h in loaded.values()]
+
+
+def _switch(ws, encoder: str, wait: float, what: str) -> int:
+    """Switch every running server of `ws` to the recorded set; 0 when none runs (the next `fth serve` serves it)."""
+    from server.swap import running, signal_swap, wait_swapped
+
+    servers = running(ws)
+    if not servers:
+        print(f"no fth serve is running on {ws.root}; the next one serves {what}")
+        return 0
+    for server in servers:
+        old = signal_swap(server)
+        if wait <= 0:
+            print(f"asked the server on {server.bind} (pid {server.pid}) to switch to {what}")
+            continue
+        try:
+            seconds = wait_swapped(server, old, encoder, wait)
+        except (TimeoutError, RuntimeError) as e:
+            print(f"fth serve: {e}", file=sys.stderr)
+            return 1
+        print(f"server on {server.bind} (pid {server.pid}) serves {what} (switched in {seconds:.1f} s)")
+    return 0
+
+
+def _action_ws(args: argparse.Namespace):
+    from store.paths import Workspace
+
+    return Workspace.at(getattr(args, "workspace", None))
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from store.artifacts import ArtifactError
+    from store.release import ReleaseError, promote
+
+    ws = _action_ws(args)
+    heads = None if args.heads is None else [h.strip() for h in args.heads.split(",") if h.strip()]
+    try:
+        encoder, head_ids = _servable(ws, args.encoder, heads)
+        release = promote(ws, encoder, head_ids, args.note)
+    except (ArtifactError, ReleaseError, ValueError) as e:
+        print(f"fth serve promote: {e}", file=sys.stderr)
+        return 2
+    print(f"release: {release.describe()}")
+    return _switch(ws, release.encoder, args.wait, release.encoder)
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from store.artifacts import ArtifactError
+    from store.release import ReleaseError, history, rollback
+
+    ws = _action_ws(args)
+    try:
+        earlier = history(ws)
+        if earlier:  # the set to return to must still load (an artifact may have been deleted since)
+            _servable(ws, earlier[-1].encoder, earlier[-1].heads)
+        release = rollback(ws)
+    except (ArtifactError, ReleaseError, ValueError) as e:
+        print(f"fth serve rollback: {e}", file=sys.stderr)
+        return 1
+    print(f"release: {release.describe()}")
+    return _switch(ws, release.encoder, args.wait, release.encoder)
+
+
+def _reload(args: argparse.Namespace) -> int:
+    from server.swap import running
+    from store.artifacts import Registry
+    from store.release import ReleaseError, current
+
+    ws = _action_ws(args)
+    if not running(ws):
+        print(f"fth serve reload: no fth serve is running on {ws.root} (none recorded in {ws.root / 'serve'})",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    try:
+        release = current(ws)
+    except ReleaseError as e:
+        print(f"fth serve reload: {e}", file=sys.stderr)
+        return 1
+    encoder = release.encoder if release else Registry(ws.artifacts).newest("encoder").id
+    return _switch(ws, encoder, args.wait, encoder)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from server.swap import running
+    from store.release import current, history
+
+    ws = _action_ws(args)
+    release = current(ws)
+    print(f"serving: {release.describe() if release else 'no release (fth serve picks the newest encoder)'}")
+    for i, earlier in enumerate(reversed(history(ws)), 1):
+        print(f"rollback {i}: {earlier.describe()}  (from {earlier.at})")
+    for server in running(ws):
+        print(f"running: {server.bind} (pid {server.pid}, {server.workers} worker(s))")
+    return 0
+
+
 @contextlib.contextmanager
 def _metrics_dir():
-    """A fresh `PROMETHEUS_MULTIPROC_DIR` for the workers' metric files (set before anything imports the client);
-    a folder given in the environment is emptied first, as prometheus_client asks."""
+    """A fresh `PROMETHEUS_MULTIPROC_DIR` for the workers' metric files (set before anything imports the client),
+    removed when the master exits; a folder given in the environment is emptied first, as prometheus_client asks."""
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if given:
         for stale in Path(given).glob("*.db"):
             stale.unlink()
         yield
         return
-    with tempfile.TemporaryDirectory(prefix="fth-metrics-") as folder:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
-        try:
-            yield
-        finally:
+    folder, owner = tempfile.mkdtemp(prefix="fth-metrics-"), os.getpid()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    try:
+        yield
+    finally:
+        # A gunicorn worker leaves through this frame too (it is a fork of the master's stack): only the master
+        # removes the folder, or the first worker to exit (a swap, a restart) takes every other worker's files.
+        if os.getpid() == owner:
             del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _embed(args: argparse.Namespace) -> int:

@@ -15,9 +15,12 @@ class ServeConfig:
 
     Args:
         workspace: workspace folder (default `$FTH_WORKSPACE` or `./workspace`); artifacts are read from it.
-        encoder: encoder artifact id or folder; empty picks the newest registered encoder.
-        heads: head artifact ids or names to load; each must name this encoder in its card or startup fails.
-        auto_heads: also load every registered head fitted on this encoder (others are skipped with a log line).
+        encoder: encoder artifact id or folder; empty serves the workspace's release (`store.release`, written by
+            `fth serve promote`), else the newest registered encoder.
+        heads: head artifact ids or names to load (with a release: in addition to its heads); each must serve on this
+            encoder (`heads.artifact.load_head`) or startup fails.
+        auto_heads: also load every registered head fitted on this encoder (others are skipped with a log line); off
+            while serving a release, which names its heads exactly.
         device: torch device for the model (`cpu`, `cuda`, `cuda:1`).
         torch_threads: intra-op threads for the forward pass; 0 = cores / (2 x workers), at least 1, leaving half the
             cores to the request threads (torch's default of all cores per process oversubscribes under gunicorn).

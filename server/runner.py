@@ -24,6 +24,7 @@ from heads.artifact import TrainedHead, load_heads
 from server.config import ServeConfig
 from store.artifacts import Registry
 from store.paths import Workspace
+from store.release import Release, current
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,27 @@ def intra_op_threads(cfg: ServeConfig) -> int:
     return max(1, (os.cpu_count() or 1) // (2 * max(1, cfg.workers)))
 
 
+def served_set(cfg: ServeConfig, registry: Registry) -> tuple[str, list[str], bool, Release | None]:
+    """What to serve: (encoder ref, head refs, auto_heads, the release or None).
+
+    `cfg.encoder` set: that encoder, `cfg.heads`, `cfg.auto_heads` (no release). Else the workspace's release
+    (`store.release`), when one was promoted: its encoder and exactly its heads (plus `cfg.heads`), no automatic
+    heads, so a head the gate kept out is not served behind its back. Else the newest encoder with `cfg.heads` and
+    `cfg.auto_heads`."""
+    if cfg.encoder:
+        return cfg.encoder, list(cfg.heads), cfg.auto_heads, None
+    release = current(Workspace.at(cfg.workspace))
+    if release is not None:
+        return release.encoder, [*release.heads, *cfg.heads], False, release
+    newest = registry.newest("encoder", "; train one, promote one (fth serve promote) or pass --encoder").id
+    return newest, list(cfg.heads), cfg.auto_heads, None
+
+
 class Runner:
-    """Loads the encoder and heads named by `cfg` and runs batches.
+    """Loads the encoder and heads to serve (`served_set`) and runs batches.
+
+    Heads are loaded through `heads.artifact.load_heads` for the served encoder: a release may name heads fitted on
+    an older encoder, which serve through their adapter (the heads package decides; the runner does not check cards).
 
     Args:
         cfg: serving config (workspace, encoder, heads, device, torch_threads).
@@ -46,7 +66,7 @@ class Runner:
     def __init__(self, cfg: ServeConfig):
         torch.set_num_threads(intra_op_threads(cfg))
         registry = Registry(Workspace.at(cfg.workspace).artifacts)
-        ref = cfg.encoder or registry.newest("encoder", "; train one or pass --set encoder=<id or path>").id
+        ref, head_refs, auto, self.release = served_set(cfg, registry)
         if Path(ref).exists():
             registry_for_ref = Registry(Path(ref).resolve().parent.parent)
             self.model, self.card = load_encoder(ref, registry_for_ref, cfg.device)
@@ -54,8 +74,10 @@ class Runner:
             self.model, self.card = load_encoder(ref, registry, cfg.device)
         self.device = torch.device(cfg.device)
         self.size: tuple[int, int] = tuple(self.model.cfg.img_size)
-        self.heads: dict[str, TrainedHead] = load_heads(registry, self.card.id, cfg.heads, cfg.auto_heads, cfg.device)
-        log.info("encoder %s on %s, input %s, heads: %s", self.card.id, cfg.device, self.size, sorted(self.heads))
+        self.heads: dict[str, TrainedHead] = load_heads(registry, self.card.id, head_refs, auto, cfg.device)
+        source = f"release of {self.release.at}" if self.release else "encoder named" if cfg.encoder else "newest"
+        log.info("encoder %s (%s) on %s, input %s, heads: %s", self.card.id, source, cfg.device, self.size,
+                 sorted(self.heads))  # fmt: skip
 
     @property
     def encoder_id(self) -> str:
