@@ -19,7 +19,7 @@ from fth.config import ConfigError
 # fth.model_init adds `init` to encoder.cli's `fth model`, so it comes after it.
 CLI_MODULES = (
     "store.cli", "collector.cli", "encoder.cli", "server.cli", "fth.heads_cli", "fth.demo", "fth.drift",
-    "fth.model_init", "fth.eval",
+    "fth.model_init", "fth.eval", "fth.update",
 )  # fmt: skip
 
 

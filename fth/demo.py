@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fth.demo_procs import Steps
+
 log = logging.getLogger("fth.demo")
 MARKER = ".fth-demo"
 SIM_DAYS = 1.25  # simulated days during collection (see configs/demo_sim.yaml)
@@ -66,72 +68,14 @@ def prepare_workspace(root: Path) -> Path:
     return root
 
 
-class Demo:
-    """The demo run: its workspace, the steps it ran, the children it must stop."""
+class Demo(Steps):
+    """The demo run: its workspace, the steps it ran (fth.demo_procs.Steps), what it measured."""
 
     def __init__(self, args: argparse.Namespace):
+        super().__init__(Path(args.workspace) / "logs")
         self.args = args
         self.ws = Path(args.workspace)
-        self.logs = self.ws / "logs"
-        self.steps: list[dict[str, Any]] = []
-        self.running: list[Any] = []  # background Steps, stopped in reverse order
         self.results: dict[str, Any] = {}
-
-    # -- running steps --------------------------------------------------------------------------------------------
-
-    def _step(self, name: str, args: list[Any], env: dict[str, str] | None = None):
-        from fth.demo_procs import Step
-
-        step = Step(name, args, self.logs / f"{len(self.steps) + 1:02d}-{name}.log", env)
-        print(f"\n$ {step.shown}", flush=True)
-        self.steps.append({"name": name, "command": step.shown, "log": str(step.log_path), "seconds": 0.0})
-        return step
-
-    def run(self, name: str, args: list[Any], show: tuple[str, ...] = (), ok=(0,), echo=False, env=None):
-        """Run one step to completion; print its output (`echo`) or the lines starting with `show`."""
-        step = self._step(name, args, env)
-        t0 = time.monotonic()
-        step.start()
-        self.running.append(step)
-        try:
-            rc = step.wait()
-        finally:
-            step.stop()
-            self.running.remove(step)
-            self.steps[-1]["seconds"] = time.monotonic() - t0
-        lines = step.output().splitlines()[1:]
-        shown = lines if echo else [ln for ln in lines if ln.startswith(show)] if show else []
-        for line in shown:
-            print(f"  {line}")
-        print(f"  ({self.steps[-1]['seconds']:.1f} s, log {step.log_path})", flush=True)
-        if rc not in ok:
-            tail = "\n".join(f"  | {ln}" for ln in lines[-25:])
-            raise RuntimeError(f"step {name} failed with exit code {rc}:\n{tail}")
-        return step
-
-    def background(self, name: str, args: list[Any]):
-        step = self._step(name, args)
-        self.steps[-1]["started"] = time.monotonic()
-        step.start()
-        self.running.append(step)
-        print(f"  (running in the background, pid {step.proc.pid}, log {step.log_path})", flush=True)
-        return step
-
-    def finish(self, step, what: str) -> int | None:
-        """Stop a background step with SIGTERM (SIGKILL after a grace period) and record its time."""
-        rc = step.stop()
-        if step in self.running:
-            self.running.remove(step)
-        for s in self.steps:
-            if s["log"] == str(step.log_path):
-                s["seconds"] = time.monotonic() - s.pop("started", time.monotonic())
-        print(f"  {what}: SIGTERM -> exit code {rc}", flush=True)
-        return rc
-
-    def stop_all(self) -> None:
-        for step in reversed(self.running):
-            step.stop()
-        self.running.clear()
 
     # -- the journey ----------------------------------------------------------------------------------------------
 

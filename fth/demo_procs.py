@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from fth.procs import signal_group, terminate_group
 
@@ -143,3 +144,71 @@ class Step:
         """The last log line starting with `prefix`, without it."""
         lines = [ln[len(prefix) :].strip() for ln in self.output().splitlines() if ln.startswith(prefix)]
         return lines[-1] if lines else None
+
+
+class Steps:
+    """A sequence of `fth` commands run as child processes, each echoed as `$ fth ...` and logged to
+    `<logs>/NN-<name>.log` (`fth demo`, `fth update`); background steps are stopped by `stop_all`.
+
+    Args:
+        logs: the folder for the steps' logs.
+    """
+
+    def __init__(self, logs: Path):
+        self.logs = Path(logs)
+        self.steps: list[dict[str, Any]] = []
+        self.running: list[Step] = []  # background Steps, stopped in reverse order
+
+    def _step(self, name: str, args: list[Any], env: dict[str, str] | None = None) -> Step:
+        step = Step(name, args, self.logs / f"{len(self.steps) + 1:02d}-{name}.log", env)
+        print(f"\n$ {step.shown}", flush=True)
+        self.steps.append({"name": name, "command": step.shown, "log": str(step.log_path), "seconds": 0.0})
+        return step
+
+    def run(self, name: str, args: list[Any], show: tuple[str, ...] = (), ok=(0,), echo=False, env=None) -> Step:
+        """Run one step to completion; print its output (`echo`) or the lines starting with `show`; RuntimeError
+        (with the log's tail) when its exit code is not in `ok`."""
+        step = self._step(name, args, env)
+        t0 = time.monotonic()
+        step.start()
+        self.running.append(step)
+        try:
+            rc = step.wait()
+        finally:
+            step.stop()
+            self.running.remove(step)
+            self.steps[-1]["seconds"] = time.monotonic() - t0
+            self.steps[-1]["rc"] = step.proc.returncode if step.proc else None
+        lines = step.output().splitlines()[1:]
+        shown = lines if echo else [ln for ln in lines if ln.startswith(show)] if show else []
+        for line in shown:
+            print(f"  {line}")
+        print(f"  ({self.steps[-1]['seconds']:.1f} s, log {step.log_path})", flush=True)
+        if rc not in ok:
+            tail = "\n".join(f"  | {ln}" for ln in lines[-25:])
+            raise RuntimeError(f"step {name} failed with exit code {rc}:\n{tail}")
+        return step
+
+    def background(self, name: str, args: list[Any], env: dict[str, str] | None = None) -> Step:
+        step = self._step(name, args, env)
+        self.steps[-1]["started"] = time.monotonic()
+        step.start()
+        self.running.append(step)
+        print(f"  (running in the background, pid {step.proc.pid}, log {step.log_path})", flush=True)
+        return step
+
+    def finish(self, step: Step, what: str) -> int | None:
+        """Stop a background step with SIGTERM (SIGKILL after a grace period) and record its time."""
+        rc = step.stop()
+        if step in self.running:
+            self.running.remove(step)
+        for s in self.steps:
+            if s["log"] == str(step.log_path):
+                s["seconds"] = time.monotonic() - s.pop("started", time.monotonic())
+        print(f"  {what}: SIGTERM -> exit code {rc}", flush=True)
+        return rc
+
+    def stop_all(self) -> None:
+        for step in reversed(self.running):
+            step.stop()
+        self.running.clear()
