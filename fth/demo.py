@@ -41,11 +41,14 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 def register(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="run the end-to-end demo on the simulated camera (no network, no GPU)")
-    demo.add_argument("--workspace", default="workspace/demo", help="the demo's own folder, wiped at start")
+    demo.add_argument("--workspace", default=None, help="the demo's own folder, wiped at start (default "
+                      "workspace/demo, with --update workspace/demo-update)")  # fmt: skip
     demo.add_argument("--collect-seconds", type=float, default=None, help="collection time (default 120, quick 40)")
     demo.add_argument("--train-steps", type=int, default=None, help="MAE steps (default: configs/demo_mae.yaml)")
     demo.add_argument("--quick", action="store_true", help="CI size: 40 s of collection, 100 MAE and head steps")
     demo.add_argument("--requests", type=int, default=40, help="timed client round trips (default: 40)")
+    demo.add_argument("--update", action="store_true", help="one encoder-update cycle instead (fth.demo_update): "
+                      "the scene changes, fth update runs while a client queries the server")  # fmt: skip
     demo.set_defaults(func=run)
 
 
@@ -79,7 +82,8 @@ class Demo(Steps):
 
     # -- the journey ----------------------------------------------------------------------------------------------
 
-    def collect(self) -> None:
+    def collect(self, sim_sets: tuple[str, ...] = ()) -> None:
+        """Sim -> HLS -> collector for `--collect-seconds`; `sim_sets`: extra `--set` items for the sim."""
         import yaml
 
         from fth.config import resolve_path
@@ -91,7 +95,19 @@ class Demo(Steps):
         scale = round(SIM_DAYS * 86400 / seconds, 1)
         sim = self.background(
             "sim-serve",
-            ["sim", "serve", "--out", sim_dir, "--port", port, "--config", "demo_sim", "--set", f"time_scale={scale}"],
+            [
+                "sim",
+                "serve",
+                "--out",
+                sim_dir,
+                "--port",
+                port,
+                "--config",
+                "demo_sim",
+                "--set",
+                f"time_scale={scale}",
+                *(x for s in sim_sets for x in ("--set", s)),
+            ],
         )
         wait_for(lambda: ".ts" in read(sim_dir / "index.m3u8"), 30, "the sim's first HLS segment", sim)
         url = f"http://127.0.0.1:{port}/index.m3u8"
@@ -119,11 +135,13 @@ class Demo(Steps):
         if self.results["frames"] < 20:
             raise RuntimeError(f"only {self.results['frames']} frames collected; see {collector.log_path}")
 
-    def train(self) -> None:
+    def train(self, more: tuple[str, ...] = ()) -> None:
+        """`fth train --config demo_mae` (`more`: extra arguments, e.g. `--until T`)."""
         from fth.report import training_curve
 
         steps = self.args.train_steps
         extra = ["--set", f"max_steps={steps}", "--set", f"panel_every={max(1, steps // 2)}"] if steps else []
+        extra += list(more)
         step = self.run(
             "train",
             ["train", "--config", "demo_mae", "--workspace", self.ws, *extra],
@@ -140,7 +158,8 @@ class Demo(Steps):
         self.run("labels", ["sim", "labels", "--source", SOURCE, "--out", self.ws / "labels", "--workspace", self.ws],
                  echo=True)  # fmt: skip
 
-    def fit_heads(self) -> None:
+    def fit_heads(self, tasks: tuple[str, ...] = ()) -> None:
+        """`fth heads fit` for each demo task (`tasks`: only these)."""
         from fth.report import read_head
 
         lab = self.ws / "labels"
@@ -156,6 +175,8 @@ class Demo(Steps):
         quick = ["--set", "max_steps=100"] if self.args.quick else []
         heads = []
         for task, extra in fits.items():
+            if tasks and task not in tasks:
+                continue
             step = self.run(
                 f"heads-{task}",
                 ["heads", "fit", "--workspace", self.ws, "--task", task, *extra, *quick],
@@ -271,6 +292,11 @@ def _short(value: Any) -> Any:
 def run(args: argparse.Namespace) -> int:
     from fth.report import format_table, summary_rows, write_report
 
+    if args.update:
+        from fth.demo_update import run_update
+
+        return run_update(args)
+    args.workspace = args.workspace or "workspace/demo"
     args.collect_seconds = args.collect_seconds or (40.0 if args.quick else 120.0)
     if args.quick and args.train_steps is None:
         args.train_steps = 100
