@@ -1,7 +1,7 @@
 """Benchmark: does pretraining pay off on CPU? The recipe sweep of issue 12, run through the real commands.
 
-One sim workspace (collector.sim frames at the demo's 192x320 spread over `--days` sim days, capture times on the sim clock, labels from
-`write_labels`) is built once; then for each setting `fth train` pretrains an encoder (`configs/demo_mae.yaml` plus
+One sim workspace (collector.sim frames at the demo's 192x320 spread over `--days` sim days, capture times on the
+sim clock, labels from `write_labels`) is built once; then for each setting `fth train` pretrains an encoder (`configs/demo_mae.yaml` plus
 the setting's `--set` items, one CPU thread) and `fth eval` scores it against its own random init (`fth model init
 --like`) and raw pixels on people_count at 30 labels and depth at 100 labels (`--seeds` head seeds, the same
 held-out test frames for every column). `gain vs random` = 1 - trained / random for error metrics (MAE, AbsRel);

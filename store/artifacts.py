@@ -90,7 +90,8 @@ class Registry:
             weights = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
             save_file(weights, str(tmp / WEIGHTS))
             art_id = f"{kind}-{_digest(tmp / WEIGHTS, config, parents)}"
-            card = Card(art_id, kind, config, parents, metrics, name, datetime.now(UTC).isoformat(timespec="microseconds"))
+            now = datetime.now(UTC).isoformat(timespec="microseconds")  # newest() orders by it: seconds tied
+            card = Card(art_id, kind, config, parents, metrics, name, now)
             (tmp / CARD).write_text(json.dumps(card.to_json(), indent=2, sort_keys=True) + "\n")
             for f in (tmp / WEIGHTS, tmp / CARD):
                 with open(f, "rb") as fh:
