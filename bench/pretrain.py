@@ -1,11 +1,11 @@
 """Benchmark: does pretraining pay off on CPU? The recipe sweep of issue 12, run through the real commands.
 
 One sim workspace (collector.sim frames at the demo's 192x320 spread over `--days` sim days, capture times on the
-sim clock, labels from `write_labels`) is built once; then for each setting `fth train` pretrains an encoder (`configs/demo_mae.yaml` plus
-the setting's `--set` items, one CPU thread) and `fth eval` scores it against its own random init (`fth model init
---like`) and raw pixels on people_count at 30 labels and depth at 100 labels (`--seeds` head seeds, the same
-held-out test frames for every column). `gain vs random` = 1 - trained / random for error metrics (MAE, AbsRel);
-the bar is 15% against both random init and pixels.
+sim clock, labels from `write_labels`) is built once; then for each setting `fth train` pretrains an encoder
+(`configs/demo_mae.yaml` plus the setting's `--set` items, one CPU thread) and `fth eval` scores it against its own
+random init (`fth model init --like`) and raw pixels on people_count at 30 labels and depth at 100 labels (`--seeds`
+head seeds, the same held-out test frames for every column). `gain vs random` = 1 - trained / random for error
+metrics (MAE, AbsRel); the bar is 15% against both random init and pixels.
 
     .venv/bin/python bench/pretrain.py                                   # every setting
     .venv/bin/python bench/pretrain.py --settings demo,whole_frames --frames 400 --seeds 3
