@@ -75,17 +75,18 @@ class UpdateDemo(Demo):
         return [f"change_at_index={index}", "change=lighting"], change - now + AFTER_S, change
 
     def windows(self, change: float) -> str:
-        """The drift reference: the 1-minute windows wholly before the change, as fth drift spells them."""
+        """The drift reference: the 1-minute windows wholly before the change, as fth drift spells them (keys are
+        in the source's local time, so they are read off the frames, not computed from the UTC change time)."""
         from datetime import UTC, datetime
 
         from heads.drift import window_key
         from store.frame_index import FrameIndex
 
-        index = FrameIndex(self.ws, self.ws / "catalog.sqlite")
-        cut = datetime.fromtimestamp(change, UTC)
-        keys = sorted({window_key(r.local_day, r.local_tod, "1m") for r in index.rows if r.captured_at < cut})
-        last_before = window_key(cut.strftime("%Y-%m-%d"), cut.hour + cut.minute / 60 + cut.second / 3600, "1m")
-        keys = [k for k in keys if k < last_before]
+        cut = datetime.fromtimestamp(change, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # captured_at's own form
+        rows = FrameIndex(self.ws, self.ws / "catalog.sqlite").rows
+        key = {r.id: window_key(r.local_day, r.local_tod, "1m") for r in rows}
+        after = [key[r.id] for r in rows if r.captured_at >= cut]
+        keys = sorted({key[r.id] for r in rows if r.captured_at < cut and (not after or key[r.id] < min(after))})
         if not keys:
             raise RuntimeError("no whole minute of frames before the scene change")
         return f"{keys[0]}..{keys[-1]}"
