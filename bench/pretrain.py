@@ -37,16 +37,15 @@ FTH = [sys.executable, "-m", "fth"]
 # name -> (fth train --set items, fth eval extra flags). Every setting starts from configs/demo_mae.yaml.
 SETTINGS: dict[str, tuple[list[str], list[str]]] = {
     "demo": ([], []),
-    "demo_layers": ([], ["--layers", "-3,-1"]),
+    "demo_pooled": ([], ["--features", "pooled"]),
+    "demo_layers": ([], ["--layers=-3,-1"]),
     "whole_frames": (["data.crop_scale=[0.8,1.0]"], []),
-    "whole_frames_layers": (["data.crop_scale=[0.8,1.0]"], ["--layers", "-3,-1"]),
-    "steps3000_whole": (["data.crop_scale=[0.8,1.0]", "max_steps=3000"], ["--layers", "-3,-1"]),
-    "mask50_whole": (["data.crop_scale=[0.8,1.0]", "model.mask_ratio=0.5"], ["--layers", "-3,-1"]),
-    "pix_loss_whole": (["data.crop_scale=[0.8,1.0]", "model.norm_pix_loss=false"], ["--layers", "-3,-1"]),
-    "wide128_whole": (
-        ["data.crop_scale=[0.8,1.0]", "model.encoder.dim=128", "model.encoder.dim_head=32"],
-        ["--layers", "-3,-1"],
-    ),  # fmt: skip
+    "whole_frames_layers": (["data.crop_scale=[0.8,1.0]"], ["--layers=-3,-1"]),
+    "steps3000": (["max_steps=3000"], []),
+    "mask50": (["model.mask_ratio=0.5"], []),
+    "mask90": (["model.mask_ratio=0.9"], []),
+    "wide128": (["model.encoder.dim=128", "model.encoder.dim_head=32"], []),
+    "pix_loss": (["model.norm_pix_loss=false"], []),
 }
 TASKS = {"people_count": ("people.csv", "30"), "depth": ("depth", "100")}
 DENSE_SEEDS = 2  # a depth fit is ~45 s on one thread: 2 head seeds per column
@@ -107,6 +106,7 @@ def main() -> int:
     ap.add_argument("--days", type=int, default=20, help="sim days the frames spread over (default 20)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--workspace", help="reuse this workspace (built there when it has no catalog)")
+    ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks from TASKS (default: both)")
     ap.add_argument("--eval-set", action="append", default=["threads=1"], help="--set items for fth eval's fits")
     args = ap.parse_args()
     names = [s for s in args.settings.split(",") if s]
@@ -143,6 +143,8 @@ def main() -> int:
         row = {"setting": name, "train": " ".join(train_set) or "(demo_mae)", "eval": " ".join(eval_flags) or "-",
                "encoder": enc, "train_s": round(train_s)}  # fmt: skip
         for task, (labels, size) in TASKS.items():
+            if task not in args.tasks.split(","):
+                continue
             out = root / "eval" / name / task
             sets = [x for s in args.eval_set for x in ("--set", s)]
             seeds = args.seeds if task != "depth" else min(args.seeds, DENSE_SEEDS)
