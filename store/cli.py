@@ -48,14 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _catalog(args, recover: bool = False):
-    from store.catalog import Catalog
+    from store.backends import CatalogMissing, StorageError, open_catalog
     from store.paths import Workspace
 
-    ws = Workspace.at(args.workspace)
-    if not ws.catalog.exists():
-        print(f"fth frames: no catalog at {ws.catalog}", file=sys.stderr)
-        raise SystemExit(1)
-    return Catalog(ws.root, recover=recover)
+    try:
+        return open_catalog(Workspace.at(args.workspace), recover=recover, create=False)
+    except (CatalogMissing, StorageError) as e:
+        print(f"fth frames: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _table(cols: tuple[str, ...], rows: list[tuple]) -> str:
@@ -123,8 +123,8 @@ def cmd_export(args) -> int:
         rows = cat.frames(
             source=args.source, day=args.day, include_stale=not args.no_stale, include_duplicates=not args.no_duplicates
         )
-        root = cat.root.resolve()
-    path = lambda r: str(root / r.path) if args.absolute else r.path
+        store = cat.frame_store
+    path = lambda r: str(_absolute(store, r.path)) if args.absolute else r.path
     with open(args.out, "w", newline="") as f:
         if args.out.endswith(".csv"):
             w = csv.writer(f)
@@ -137,6 +137,13 @@ def cmd_export(args) -> int:
             f.writelines(path(r) + "\n" for r in rows)
     print(f"wrote {len(rows)} frames to {args.out}")
     return 0
+
+
+def _absolute(store, rel: str) -> str:
+    """A frame's full address: an absolute file path, or `s3://bucket/key`."""
+    from store.backends import S3Frames
+
+    return f"s3://{store.bucket}/{store.key(rel)}" if isinstance(store, S3Frames) else str(store.ref(rel).resolve())
 
 
 def cmd_recover(args) -> int:
