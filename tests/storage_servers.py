@@ -148,4 +148,6 @@ class Seaweed:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, 9)
                 self.proc.wait()
+        if self.proc is not None:
+            self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
