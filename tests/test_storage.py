@@ -210,3 +210,22 @@ def test_train_and_embed_read_frames_from_s3(tmp_path, postgres, seaweed, monkey
         out[w, "emb"] = EmbeddingStore(w.embeddings, enc).get(ids, "pooled")
     assert max_diff(out[local], out[remote]) == 0.0
     assert np.array_equal(out[local, "emb"], out[remote, "emb"])
+
+
+def test_frames_sync_command(tmp_path, postgres, seaweed, capsys, monkeypatch):
+    local, remote = Workspace.at(tmp_path / "local"), Workspace.at(tmp_path / "remote")
+    remote.root.mkdir(parents=True)
+    remote_settings(remote, postgres, seaweed)
+    with open_catalog(local) as cat:
+        fill(cat, 4)
+    monkeypatch.delenv("FTH_WORKSPACE", raising=False)
+    assert fth(["frames", "--workspace", str(local.root), "sync", "--to", str(remote.root)]) == 0
+    assert "4 copied" in capsys.readouterr().out
+    assert fth(["frames", "--workspace", str(remote.root), "sync", "--to", str(local.root)]) == 0
+    assert "0 copied, 4 already there" in capsys.readouterr().out
+    assert fth(["frames", "--workspace", str(tmp_path / "none"), "sync", "--to", str(remote.root)]) == 2
+    assert "no frame catalog" in capsys.readouterr().err
+    with open_catalog(remote) as cat:
+        cat.frame_store.put(cat.frames()[0].path, b"bitrot")
+    assert fth(["frames", "--workspace", str(remote.root), "sync", "--to", str(tmp_path / "fresh")]) == 1
+    assert "1 failed" in capsys.readouterr().out
