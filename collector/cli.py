@@ -63,11 +63,12 @@ def cmd_collect(args) -> int:
     if not cfg.sources:
         print("fth collect: the config lists no sources", file=sys.stderr)
         return 2
-    from store.lock import WorkspaceBusy
+    from store.backends import StorageError
+    from store.lock import SourceLeased, WorkspaceBusy
 
     try:
         return main(cfg, ws)
-    except WorkspaceBusy as e:
+    except (WorkspaceBusy, SourceLeased, StorageError) as e:
         print(f"fth collect: {e}", file=sys.stderr)
         return 1
 
@@ -114,7 +115,7 @@ def cmd_sim_serve(args) -> int:
 
 def cmd_sim_labels(args) -> int:
     from collector.sim import load_sim_config, write_labels
-    from store.catalog import Catalog
+    from store.backends import open_catalog
     from store.paths import Workspace
 
     ws = Workspace.at(args.workspace)
@@ -124,7 +125,7 @@ def cmd_sim_labels(args) -> int:
         print(f"fth sim labels: {e}; pass --sim <sim folder or sim.json> (the collector writes it to "
               f"<workspace>/sim/<source>/)", file=sys.stderr)  # fmt: skip
         return 2
-    with Catalog(ws.root, recover=False) as cat:
+    with open_catalog(ws) as cat:
         summary = write_labels(cat, args.source, cfg, args.out, dense=not args.no_dense)
     print(f"{summary.labelled} of {summary.frames} frames labelled ({summary.unreadable} unreadable) in {summary.out}")
     return 0 if summary.labelled or not summary.frames else 1

@@ -104,10 +104,14 @@ class CollectorConfig:
     metrics_port: int = 0  # Prometheus text format on 127.0.0.1:port when > 0
     metrics_host: str = "127.0.0.1"
     stop_timeout_s: float = 3.0  # per ffmpeg: SIGTERM, then SIGKILL after this
+    lease_ttl_s: float = 30.0  # each source's lease in the catalog (store.lock.Lease) lapses this long after a crash
+    lease_wait_s: float = 0.0  # wait this long for another host's live lease to lapse before refusing to start
 
 
 def validate(cfg: CollectorConfig) -> CollectorConfig:
     """Checks the loader cannot express: ids unique and path-safe, URLs present, numbers in range."""
+    if cfg.lease_ttl_s < 1 or cfg.lease_wait_s < 0:
+        raise ConfigError("lease_ttl_s must be >= 1 and lease_wait_s >= 0")
     seen = set()
     for i, src in enumerate(cfg.sources):
         where = f"sources[{i}]"

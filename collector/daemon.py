@@ -5,7 +5,9 @@ clean stop (stop grabbing, finish the writes in flight, stop every ffmpeg, close
 few seconds) and returns the exit status. Housekeeping (retention, status file) runs in one more thread, which
 survives its own errors (a full disk, a locked catalog): it counts and reports them and tries again next round.
 The daemon holds the workspace's writer lock (`store.lock`) for its life: a second collector on the same workspace
-stops at start with a message naming the first.
+stops at start with a message naming the first. It also holds one lease per source in the catalog (`store.lock.Lease`),
+so collectors on other hosts (or other workspace folders) sharing a PostgreSQL catalog cannot collect the same source
+twice; start-up recovery settles only the sources it leased, never another collector's writes in flight.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from collector.errors import ErrorLog
 from collector.sink import FrameSink
 from collector.status import MetricsServer, SourceStats, write_status
 from collector.supervisor import SourceSupervisor
+from store.backends import open_catalog
 from store.catalog import Catalog
-from store.lock import workspace_lock
+from store.lock import Lease, holder_name, workspace_lock
 from store.paths import Workspace
 
 log = logging.getLogger(__name__)
@@ -53,7 +56,17 @@ class Collector:
     def start(self) -> Collector:
         self._lock.enter_context(workspace_lock(self.ws, "fth collect"))  # WorkspaceBusy when another collector runs
         try:
-            self.catalog = Catalog(self.ws.root)
+            self.catalog = open_catalog(self.ws)
+            self._lock.callback(self.catalog.close)
+            holder = holder_name("fth collect")
+            ids = [src.id for src in self.cfg.sources if src.enabled]
+            for source_id in ids:  # SourceLeased when another collector has the source
+                lease = Lease(self.catalog, f"source:{source_id}", holder, self.cfg.lease_ttl_s, self._lease_lost)
+                self._lock.callback(lease.release)
+                lease.acquire(self.cfg.lease_wait_s)
+            done = self.catalog.recover(sources=ids)
+            if any(done.values()):
+                log.info("event=recovered %s", " ".join(f"{k}={v}" for k, v in done.items()))
         except BaseException:
             self._lock.close()
             raise
@@ -81,6 +94,15 @@ class Collector:
         self._house.start()
         log.info("event=collector_started sources=%d workspace=%s", len(self.supervisors), self.ws.root)
         return self
+
+    def _lease_lost(self, name: str, holder: str) -> None:
+        """Another collector took a source's lease (this one stalled past the ttl): stop writing that source."""
+        source_id = name.partition(":")[2]
+        self._errors.error("lease", "event=lease_lost source=%s holder=%s", source_id, holder)
+        for sup in self.supervisors:
+            if sup.src.id == source_id:
+                sup.sink.closing.set()
+                sup.stats.count("errors", f"lease lost to {holder}: this collector stopped writing {source_id}")
 
     def _housekeeping(self) -> None:
         next_retention = time.monotonic()
@@ -136,9 +158,7 @@ class Collector:
         self.write_status()
         if self.metrics is not None:
             self.metrics.stop()
-        if self.catalog is not None:
-            self.catalog.close()
-        self._lock.close()
+        self._lock.close()  # releases the leases, closes the catalog, then the workspace lock
         log.info("event=collector_stopped took_s=%.2f", time.monotonic() - t0)
 
     def __enter__(self) -> Collector:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -152,7 +153,7 @@ def write_labels(
                 break
             summary.frames += 1
             try:
-                with Image.open(catalog.root / row.path) as im:
+                with Image.open(io.BytesIO(catalog.frame_store.read(row.path))) as im:
                     index = read_stamp(np.asarray(im.convert("L")))
             except (OSError, SyntaxError, ValueError) as e:  # empty, truncated or missing file: UnidentifiedImageError
                 log.warning("event=frame_unreadable frame=%s path=%s error=%s", row.id[:16], row.path, e)

@@ -47,27 +47,34 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FrameRecord:
-    """One training frame: its catalog id (sha256 of the file bytes) and where its file is."""
+    """One training frame: its catalog id (sha256 of the file bytes) and where its bytes are: `path` in the
+    workspace's frame store `store` (a local folder or S3, `store.backends`), or a plain file when `store` is None."""
 
     id: str
-    path: Path
+    path: Path | str
+    store: Any = None
+
+    def read(self) -> bytes:
+        """The encoded frame; FileNotFoundError when it is gone."""
+        return self.store.read(self.path) if self.store is not None else Path(self.path).read_bytes()
 
 
 def catalog_records(cfg: DataConfig) -> list[FrameRecord]:
     """Frames of the workspace catalog matching `cfg`'s sources, time range and flags, oldest first."""
     from datetime import datetime
 
-    from store.catalog import Catalog
+    from store.backends import CatalogMissing, open_catalog
     from store.paths import Workspace
 
     ws = Workspace.at(cfg.workspace)
-    if not ws.catalog.is_file():
-        raise FileNotFoundError(f"no frame catalog at {ws.catalog}; collect frames first (fth collect)")
 
     def when(text: str | None) -> datetime | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
-    catalog = Catalog(ws.root, recover=False)
+    try:
+        catalog = open_catalog(ws, create=False)
+    except CatalogMissing as e:
+        raise FileNotFoundError(f"{e}; collect frames first (fth collect)") from None
     try:
         rows = []
         for source in cfg.sources or [None]:
@@ -80,7 +87,8 @@ def catalog_records(cfg: DataConfig) -> list[FrameRecord]:
             )
     finally:
         catalog.close()
-    return [FrameRecord(r.id, ws.root / r.path) for r in rows]
+    store = catalog.frame_store
+    return [FrameRecord(r.id, r.path, store) for r in rows]
 
 
 def replay_records(cfg: DataConfig) -> list[FrameRecord]:
@@ -304,7 +312,7 @@ class FrameDataset(Dataset):
         for k in range(self.cfg.max_skip + 1):
             record = self.record(epoch, (index + k) % len(self))
             try:
-                data = record.path.read_bytes()
+                data = record.read()
                 sample = make_sample(data, self.seed, epoch, index, self.size, self.num_patches, self.cfg, self.decode)
             except BAD_IMAGE as e:
                 if k == 0:

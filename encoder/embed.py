@@ -11,6 +11,7 @@ requested layer for the frames asked (all frames, or the ids listed in `token_fr
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -26,13 +27,14 @@ from encoder.checkpoint import load_encoder
 from encoder.preprocess import normalize, to_array
 from encoder.vit import ViT
 from store.artifacts import Registry
+from store.backends import open_frames
 from store.embeddings import EmbeddingStore
 from store.paths import Workspace
 from store.recipe import table_name
 
 log = logging.getLogger(__name__)
 
-Frames = Iterable[tuple[str, Path]]  # (frame id, absolute path of the encoded frame)
+Frames = Iterable[tuple[str, Path | str]]  # (frame id, its ref in the workspace's frame store: `FrameStore.ref`)
 
 
 @dataclass
@@ -79,20 +81,20 @@ def owner(frame_id: str, world: int) -> int:
 
 
 def catalog_frames(workspace: Workspace, source: str | None = None) -> Frames:
-    """Every visible frame of the workspace's catalog as (id, absolute path)."""
-    from store.catalog import Catalog
+    """Every visible frame of the workspace's catalog as (id, ref): a local path, or a key of its S3 frame store."""
+    from store.backends import open_catalog
 
-    catalog = Catalog(workspace.root, db_path=workspace.catalog, recover=False)
+    catalog = open_catalog(workspace, create=False)
     try:
         for row in catalog.iter_frames(source):
-            yield row.id, workspace.root / row.path
+            yield row.id, catalog.frame_store.ref(row.path)
     finally:
         catalog.close()
 
 
-def load_frame(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """An encoded frame -> (H, W, 3) uint8 at the model's `size`."""
-    with Image.open(path) as image:
+def load_frame(frame: Path | bytes, size: tuple[int, int]) -> np.ndarray:
+    """An encoded frame (a file, or its bytes) -> (H, W, 3) uint8 at the model's `size`."""
+    with Image.open(io.BytesIO(frame) if isinstance(frame, bytes) else frame) as image:
         if image.format == "JPEG":
             image.draft("RGB", (size[1], size[0]))
         return to_array(image, size)
@@ -155,7 +157,7 @@ def run_embed(
             needs_tokens(frame_id) and any(frame_id not in have[t] for t in token_tables)
         )
         if missing:
-            todo.append((frame_id, Path(path)))
+            todo.append((frame_id, path))
     log.info("rank %d/%d: %d frames, %d to embed with %s", rank, world, seen, len(todo), card.id)
     stats = {"frames": seen, "embedded": 0, "skipped": seen - len(todo), "failed": 0}
     if not todo:
@@ -167,9 +169,11 @@ def run_embed(
     token_w = {t: store.writer(t, (gh, gw, model.cfg.dim), writer_name, cfg.shard_rows) for t in token_tables}
     bar = tqdm(total=len(todo), unit="frame", disable=not progress or rank != 0, desc=f"embed {card.id}")
 
-    def decode(item: tuple[str, Path]) -> np.ndarray | None:
+    frame_store = open_frames(ws)
+
+    def decode(item: tuple[str, Path | str]) -> np.ndarray | None:
         try:
-            return load_frame(item[1], size)
+            return load_frame(frame_store.read(item[1]), size)
         except (OSError, SyntaxError, ValueError) as e:
             log.warning("frame %s (%s) cannot be read, skipped: %s", item[0], item[1], e)
             return None

@@ -82,14 +82,16 @@ def export_shards(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     order = np.random.default_rng(seed).permutation(len(records))
-    present = [records[i] for i in order if records[i].path.is_file()]
-    missing = len(records) - len(present)
     frames: list[tuple[FrameRecord, str, bytes]] = []  # (record, extension, bytes) in export order
-    unreadable = 0
-    for rec in present:
-        data = rec.path.read_bytes()
+    missing = unreadable = 0
+    for rec in (records[i] for i in order):
+        try:
+            data = rec.read()  # through the workspace's frame store (a local folder or S3)
+        except (FileNotFoundError, IsADirectoryError):
+            missing += 1
+            continue
         if size is None:
-            frames.append((rec, rec.path.suffix.lstrip(".").lower() or "jpg", data))
+            frames.append((rec, Path(str(rec.path)).suffix.lstrip(".").lower() or "jpg", data))
             continue
         try:
             frames.append((rec, "jpg", resized_jpeg(data, size, quality)))

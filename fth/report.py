@@ -9,7 +9,6 @@ workspace folder can be moved or zipped and still renders.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,14 +38,15 @@ class HeadResult:
 
 
 def frames_collected(catalog: Path, source: str | None = None) -> int:
-    """Rows in the frame catalog (of one source)."""
-    if not catalog.exists():
+    """Frames in the catalog (of one source): `catalog` is the workspace's catalog.sqlite; a workspace.yaml beside it
+    may name PostgreSQL instead (store.backends)."""
+    from store.backends import CatalogMissing, open_catalog
+
+    try:
+        with open_catalog(catalog.parent, create=False, db_path=catalog) as cat:
+            return cat.count(source)
+    except CatalogMissing:
         return 0
-    with sqlite3.connect(f"file:{catalog}?mode=ro", uri=True) as db:
-        sql, params = "SELECT COUNT(*) FROM frames", ()
-        if source:
-            sql, params = sql + " WHERE source = ?", (source,)
-        return int(db.execute(sql, params).fetchone()[0])
 
 
 def training_curve(run_dir: Path) -> list[tuple[int, float]]:

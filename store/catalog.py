@@ -1,4 +1,5 @@
-"""The frame catalog: one SQLite (WAL) row per stored frame, one JPEG file per row, consistent across crashes.
+"""The frame catalog: one row per stored frame (SQLite WAL file or PostgreSQL), one JPEG per row (a file under the
+workspace or an S3 object: `store.backends`), consistent across crashes.
 
 Schema (table `frames`): `id` (sha256 hex of the encoded bytes, stable), `path` (relative to the data root),
 `source`, `captured_at` (UTC, ISO 8601 `YYYY-MM-DDTHH:MM:SS.ffffffZ`, sorts as text), `local_day` and `local_tod`
@@ -6,27 +7,31 @@ Schema (table `frames`): `id` (sha256 hex of the encoded bytes, stable), `path` 
 `duplicate_of` (id of an earlier near-identical frame of the same source, or NULL), `stale` (1 when the stream froze
 on this frame: later samples were exact duplicates of it), and `state`.
 
-Crash safety is a small journal in the `state` column. Adding a frame commits the row as `writing`, writes the
-file under a temporary name, fsyncs it, renames it into place, fsyncs the folder and commits `ok`. Deleting commits
-`deleting`, unlinks the file, then deletes the row. Only `ok` rows are visible; `recover()` (run when a writer
-opens the catalog) finishes or rolls back whatever a crash interrupted, so after any crash every visible row has a
-complete file whose hash is its id, and no file is left without a row. Commits use `synchronous=FULL`: a frame
-reported as stored survives a power cut.
+Crash safety is a small journal in the `state` column. Adding a frame commits the row as `writing`, stores the
+bytes durably (`FrameStore.put`: locally a temporary file, fsync, rename, fsync of the folder; on S3 one PUT whose
+ETag and size are checked) and commits `ok`. Deleting commits `deleting`, deletes the file or object, then the row.
+Only `ok` rows are visible; `recover()` (run by a writer that owns the sources) finishes or rolls back whatever a crash
+interrupted, so after any crash every visible row has complete bytes whose hash is its id, and no frame is left
+without a row. SQLite commits use `synchronous=FULL` and PostgreSQL's are synchronous: a frame reported as stored
+survives a power cut.
+
+Leases (table `leases`): one collector per source across processes and hosts. A lease names its holder and expires
+`ttl` seconds after its last renewal (`store.lock.Lease` renews it); a crashed holder's lease lapses on its own.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from store.fsutil import atomic_write, stray_temps
+from store.backends import FrameStore, LocalFrames
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (
@@ -48,6 +53,31 @@ CREATE INDEX IF NOT EXISTS frames_source_time ON frames (source, captured_at);
 CREATE INDEX IF NOT EXISTS frames_time ON frames (captured_at);
 CREATE INDEX IF NOT EXISTS frames_day ON frames (local_day, source);
 CREATE INDEX IF NOT EXISTS frames_pending ON frames (state) WHERE state != 'ok';
+CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL);
+"""
+# PostgreSQL: byte-order ("C") text so keyset paging and sorting match SQLite's, whatever the database's locale;
+# 8-byte floats and sizes.
+PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS frames (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    path TEXT COLLATE "C" NOT NULL UNIQUE,
+    source TEXT COLLATE "C" NOT NULL,
+    captured_at TEXT COLLATE "C" NOT NULL,
+    local_day TEXT COLLATE "C" NOT NULL,
+    local_tod DOUBLE PRECISION NOT NULL,
+    tz TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    bytes BIGINT NOT NULL,
+    duplicate_of TEXT,
+    stale INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'ok'
+);
+CREATE INDEX IF NOT EXISTS frames_source_time ON frames (source, captured_at, id);
+CREATE INDEX IF NOT EXISTS frames_time ON frames (captured_at, id);
+CREATE INDEX IF NOT EXISTS frames_day ON frames (local_day, source);
+CREATE INDEX IF NOT EXISTS frames_pending ON frames (state) WHERE state != 'ok';
+CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires DOUBLE PRECISION NOT NULL);
 """
 COLUMNS = "id, path, source, captured_at, local_day, local_tod, tz, width, height, bytes, duplicate_of, stale"
 
@@ -87,27 +117,79 @@ def local_time(t: datetime, tz: str) -> tuple[str, float]:
     return lt.strftime("%Y-%m-%d"), lt.hour + lt.minute / 60 + (lt.second + lt.microsecond / 1e6) / 3600
 
 
-class Catalog:
-    """The frame catalog of one data root: `<root>/catalog.sqlite` and frame files under `<root>/frames/`.
+class _Sqlite:
+    """One SQLite connection (WAL, synchronous=FULL, autocommit)."""
 
-    Thread-safe: one connection guarded by a lock; file I/O happens outside the lock. Other processes may read
-    (and `fth frames` may verify) while a collector writes, as WAL allows.
+    def __init__(self, path: Path):
+        self.name = str(path)
+        self.conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.executescript(SCHEMA)
+
+    def execute(self, sql: str, args: tuple | list = ()) -> list[tuple]:
+        return self.conn.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class _Postgres:
+    """One PostgreSQL connection (psycopg 3, autocommit); `?` placeholders become `%s`."""
+
+    def __init__(self, url: str):
+        import psycopg
+
+        self.name = url.split("@")[-1]
+        self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        with self.conn.transaction():  # concurrent CREATE ... IF NOT EXISTS race on the catalog tables: serialize
+            self.conn.execute("SELECT pg_advisory_xact_lock(7351)")
+            for statement in PG_SCHEMA.split(";"):
+                if statement.strip():
+                    self.conn.execute(statement)
+
+    def execute(self, sql: str, args: tuple | list = ()) -> list[tuple]:
+        cur = self.conn.execute(sql.replace("?", "%s"), list(args))
+        return cur.fetchall() if cur.description else []
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Catalog:
+    """The frame catalog of one workspace: rows in SQLite (`<root>/catalog.sqlite`) or PostgreSQL, frame bytes in a
+    `FrameStore` (files under `<root>/frames/`, or S3). Open it with `store.backends.open_catalog(workspace)`, which
+    reads the workspace's storage settings.
+
+    Thread-safe: one connection guarded by a lock; frame I/O happens outside the lock. Other processes may read
+    (and `fth frames` may verify) while a collector writes, as WAL (and PostgreSQL) allow.
 
     Args:
         root: data root (a workspace folder); created if missing.
-        db_path: the SQLite file, default `<root>/catalog.sqlite`.
-        recover: finish or roll back writes a crash interrupted (writers should; read-only views need not).
+        db_path: the SQLite file, default `<root>/catalog.sqlite` (ignored with `db_url`).
+        recover: finish or roll back writes a crash interrupted (a writer owning every source should).
+        db_url: `postgresql://...` or `sqlite:PATH`.  frames: where frame bytes live, default `LocalFrames(root)`.
     """
 
-    def __init__(self, root: str | Path, db_path: str | Path | None = None, recover: bool = True):
+    def __init__(
+        self,
+        root: str | Path,
+        db_path: str | Path | None = None,
+        recover: bool = True,
+        db_url: str | None = None,
+        frames: FrameStore | None = None,
+    ):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.db_path = Path(db_path) if db_path else self.root / "catalog.sqlite"
+        self.frame_store = frames or LocalFrames(self.root)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.db_path, check_same_thread=False, timeout=30, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        if db_url and db_url.startswith(("postgresql://", "postgres://")):
+            self.db_path = None
+            self._db = _Postgres(db_url)
+        else:
+            path = db_url[len("sqlite:") :] if db_url else db_path
+            self.db_path = Path(path) if path else self.root / "catalog.sqlite"
+            self._db = _Sqlite(self.db_path)
         if recover:
             self.recover()
 
@@ -123,7 +205,7 @@ class Catalog:
 
     def _exec(self, sql: str, args: tuple | list = ()) -> list[tuple]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            return self._db.execute(sql, args)
 
     # -- writing -------------------------------------------------------------------------------------------------
 
@@ -148,14 +230,12 @@ class Catalog:
         hhmmss = captured[11:19].replace(":", "")
         rel = f"frames/{source}/{captured[:10]}/{hhmmss}_{frame_id[:16]}.{ext}"
         row = FrameRow(frame_id, rel, source, captured, day, tod, tz, width, height, len(data), duplicate_of)
-        with self._lock:
-            self._db.execute(
-                f"INSERT INTO frames ({COLUMNS}, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'writing')",
-                (*_values(row),),
-            )
+        self._exec(
+            f"INSERT INTO frames ({COLUMNS}, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'writing')",
+            (*_values(row),),
+        )
         try:
-            with atomic_write(self.root / rel) as f:
-                f.write(data)
+            self.frame_store.put(rel, data)
         except BaseException:
             self._exec("DELETE FROM frames WHERE id = ?", (frame_id,))
             raise
@@ -165,6 +245,27 @@ class Catalog:
     def mark_stale(self, frame_id: str, stale: bool = True) -> None:
         self._exec("UPDATE frames SET stale = ? WHERE id = ?", (int(stale), frame_id))
 
+    def acquire_lease(self, name: str, holder: str, ttl: float, now: float | None = None) -> tuple[str, float]:
+        """Take (or renew) lease `name` for `holder` for `ttl` seconds unless another holder's lease is still live;
+        returns (holder, expires) as now recorded: the lease is ours when the holder is `holder`. Atomic on both
+        backends (one upsert). Hosts' clocks must agree to well within `ttl` (NTP)."""
+        now = time.time() if now is None else now
+        self._exec(
+            "INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "holder = excluded.holder, expires = excluded.expires "
+            "WHERE leases.holder = excluded.holder OR leases.expires < ?",
+            (name, holder, now + ttl, now),
+        )
+        holder_now, expires = self._exec("SELECT holder, expires FROM leases WHERE name = ?", (name,))[0]
+        return holder_now, float(expires)
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self._exec("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    def leases(self) -> list[tuple[str, str, float]]:
+        """(name, holder, expires) of every lease on record, live or lapsed."""
+        return [(n, h, float(e)) for n, h, e in self._exec("SELECT name, holder, expires FROM leases ORDER BY name")]
+
     def delete(self, ids: list[str]) -> int:
         """Remove frames, file and row together (row hidden first, then file unlinked, then row deleted)."""
         if not ids:
@@ -173,27 +274,27 @@ class Catalog:
         for chunk in _chunks(ids, 500):
             marks = ",".join("?" * len(chunk))
             with self._lock:
-                rows += self._db.execute(f"SELECT id, path FROM frames WHERE id IN ({marks})", chunk).fetchall()
+                rows += self._db.execute(f"SELECT id, path FROM frames WHERE id IN ({marks})", chunk)
                 self._db.execute(f"UPDATE frames SET state = 'deleting' WHERE id IN ({marks})", chunk)
         for _, rel in rows:
-            with contextlib.suppress(FileNotFoundError):
-                (self.root / rel).unlink()
+            self.frame_store.delete(rel)
         for chunk in _chunks([r[0] for r in rows], 500):
             self._exec(f"DELETE FROM frames WHERE id IN ({','.join('?' * len(chunk))})", chunk)
         return len(rows)
 
-    def recover(self) -> dict[str, int]:
-        """Finish or undo interrupted writes and deletes; returns counts of what it did."""
+    def recover(self, sources: list[str] | None = None) -> dict[str, int]:
+        """Finish or undo interrupted writes and deletes (of `sources` only: a collector settles just the sources it
+        holds the leases of, never another writer's frames in flight); returns counts of what it did."""
         done = {"completed": 0, "rolled_back": 0, "deleted": 0}
-        for frame_id, rel, state in self._exec("SELECT id, path, state FROM frames WHERE state != 'ok'"):
-            final = self.root / rel
-            for tmp in stray_temps(final):
-                tmp.unlink(missing_ok=True)
-            if state == "writing" and final.is_file() and _sha256_file(final) == frame_id:
+        pending = self._exec("SELECT id, path, state, source FROM frames WHERE state != 'ok'")
+        for frame_id, rel, state, source in pending:
+            if sources is not None and source not in sources:
+                continue
+            if state == "writing" and self.frame_store.sha256(rel) == frame_id:
                 self._exec("UPDATE frames SET state = 'ok' WHERE id = ?", (frame_id,))
                 done["completed"] += 1
                 continue
-            final.unlink(missing_ok=True)
+            self.frame_store.delete(rel)
             self._exec("DELETE FROM frames WHERE id = ?", (frame_id,))
             done["rolled_back" if state == "writing" else "deleted"] += 1
         return done
@@ -245,19 +346,20 @@ class Catalog:
         """(source, local day or '*', frames, bytes) per source (and day), sorted."""
         where, args = self._where(source, None, None, None, True, True)
         day = "local_day" if by_day else "'*'"
-        return self._exec(
+        rows = self._exec(
             f"SELECT source, {day} AS d, COUNT(*), SUM(bytes) FROM frames WHERE {where} "
             f"GROUP BY source, d ORDER BY source, d",
             args,
         )
+        return [(s, str(d), int(n), int(b or 0)) for s, d, n, b in rows]
 
     def count(self, source: str | None = None) -> int:
         where, args = self._where(source, None, None, None, True, True)
-        return self._exec(f"SELECT COUNT(*) FROM frames WHERE {where}", args)[0][0]
+        return int(self._exec(f"SELECT COUNT(*) FROM frames WHERE {where}", args)[0][0])
 
     def total_bytes(self, source: str | None = None) -> int:
         where, args = self._where(source, None, None, None, True, True)
-        return self._exec(f"SELECT COALESCE(SUM(bytes), 0) FROM frames WHERE {where}", args)[0][0]
+        return int(self._exec(f"SELECT COALESCE(SUM(bytes), 0) FROM frames WHERE {where}", args)[0][0])
 
     def last_frame(self, source: str) -> FrameRow | None:
         rows = self.frames(source=source, newest_first=True, limit=1)
@@ -292,27 +394,24 @@ class Catalog:
         problems: dict[str, list[str]] = {"missing": [], "corrupt": [], "orphans": [], "pending": []}
         known = set()
         for row in self.iter_frames(source):
-            path = self.root / row.path
             known.add(row.path)
-            if not path.is_file():
+            if not hashes and not self.frame_store.exists(row.path):
                 problems["missing"].append(row.id)
-            elif hashes and _sha256_file(path) != row.id:
-                problems["corrupt"].append(row.id)
+            elif hashes and (digest := self.frame_store.sha256(row.path)) != row.id:
+                problems["missing" if digest is None else "corrupt"].append(row.id)
         pending_rows = self._exec("SELECT id, path, source FROM frames WHERE state != 'ok'")
         problems["pending"] = [r[0] for r in pending_rows if source is None or r[2] == source]
         pending = {r[1] for r in pending_rows}
-        base = self.root / "frames" / source if source else self.root / "frames"
-        if base.is_dir():
-            for path in base.rglob("*"):
-                rel = path.relative_to(self.root).as_posix()
-                if path.is_file() and rel not in known and rel not in pending and not rel.endswith(".tmp"):
-                    problems["orphans"].append(rel)
+        for rel in self.frame_store.list(f"frames/{source}/" if source else "frames/"):
+            if rel not in known and rel not in pending:
+                problems["orphans"].append(rel)
         return problems
 
     def repair(self, hashes: bool = True) -> dict[str, int]:
         """Make `verify` clean again after damage no crash journal covers: a row whose file is missing is removed; a
-        row whose file is corrupt is removed and the file moved to `<root>/quarantine/`, as is a frame file with no
-        row. Nothing is deleted that could still be looked at. Run `recover` first (pending rows are left alone)."""
+        row whose file is corrupt is removed and the file moved to the frame store's `quarantine/`, as is a frame file
+        with no row. Nothing is deleted that could still be looked at.
+        Run `recover` first (pending rows are left alone)."""
         problems = self.verify(hashes=hashes)
         by_id = {r.id: r for r in self.iter_frames() if r.id in set(problems["missing"] + problems["corrupt"])}
         for frame_id in problems["corrupt"]:
@@ -323,9 +422,7 @@ class Catalog:
         return {k: len(problems[k]) for k in ("missing", "corrupt", "orphans")}
 
     def _quarantine(self, rel: str) -> None:
-        target = self.root / "quarantine" / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        (self.root / rel).replace(target)
+        self.frame_store.quarantine(rel)
 
     def enforce_retention(
         self, max_bytes: int = 0, max_age_s: float = 0, source: str | None = None, now: datetime | None = None
@@ -363,11 +460,3 @@ def _row(r: tuple) -> FrameRow:
 def _chunks(items: list, n: int) -> Iterator[list]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -6,6 +6,9 @@ fth frames verify [--source S] [--no-hash]      exit 1 when a file is missing/co
 fth frames export OUT.csv|OUT.txt [--source S] [--day D] [--no-stale] [--no-duplicates] [--absolute]
 fth frames recover [--no-hash]                  settle interrupted writes; remove rows of missing files, quarantine
                                                 corrupt files and orphans
+fth frames sync --to OTHER | --from OTHER [--source S]
+                                                copy frames and rows between this workspace and another (each with its
+                                                own storage settings: local, PostgreSQL + S3), idempotent, verified
 """
 
 from __future__ import annotations
@@ -45,17 +48,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--no-hash", action="store_true", help="repair missing files only, without hashing every file")
     r.set_defaults(func=cmd_recover)
+    y = fs.add_parser("sync", help="copy frames and rows to (or from) another workspace, e.g. one on PostgreSQL + S3")
+    where = y.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to", metavar="WORKSPACE", help="the target workspace folder (its workspace.yaml says where)")
+    where.add_argument("--from", dest="from_", metavar="WORKSPACE", help="the workspace to copy from")
+    y.add_argument("--source", help="only this source")
+    y.add_argument("--threads", type=int, default=8, help="parallel copies (default 8)")
+    y.set_defaults(func=cmd_sync)
 
 
 def _catalog(args, recover: bool = False):
-    from store.catalog import Catalog
+    from store.backends import CatalogMissing, StorageError, open_catalog
     from store.paths import Workspace
 
-    ws = Workspace.at(args.workspace)
-    if not ws.catalog.exists():
-        print(f"fth frames: no catalog at {ws.catalog}", file=sys.stderr)
-        raise SystemExit(1)
-    return Catalog(ws.root, recover=recover)
+    try:
+        return open_catalog(Workspace.at(args.workspace), recover=recover, create=False)
+    except (CatalogMissing, StorageError) as e:
+        print(f"fth frames: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _table(cols: tuple[str, ...], rows: list[tuple]) -> str:
@@ -123,8 +133,8 @@ def cmd_export(args) -> int:
         rows = cat.frames(
             source=args.source, day=args.day, include_stale=not args.no_stale, include_duplicates=not args.no_duplicates
         )
-        root = cat.root.resolve()
-    path = lambda r: str(root / r.path) if args.absolute else r.path
+        store = cat.frame_store
+    path = lambda r: str(_absolute(store, r.path)) if args.absolute else r.path
     with open(args.out, "w", newline="") as f:
         if args.out.endswith(".csv"):
             w = csv.writer(f)
@@ -137,6 +147,13 @@ def cmd_export(args) -> int:
             f.writelines(path(r) + "\n" for r in rows)
     print(f"wrote {len(rows)} frames to {args.out}")
     return 0
+
+
+def _absolute(store, rel: str) -> str:
+    """A frame's full address: an absolute file path, or `s3://bucket/key`."""
+    from store.backends import S3Frames
+
+    return f"s3://{store.bucket}/{store.key(rel)}" if isinstance(store, S3Frames) else str(store.ref(rel).resolve())
 
 
 def cmd_recover(args) -> int:
@@ -154,3 +171,36 @@ def cmd_recover(args) -> int:
     print(f"rows removed for missing files: {repaired['missing']}; moved to quarantine/: "
           f"{repaired['corrupt']} corrupt, {repaired['orphans']} orphans")  # fmt: skip
     return 0
+
+
+def cmd_sync(args) -> int:
+    from tqdm import tqdm
+
+    from store.backends import CatalogMissing, StorageError, describe, open_catalog
+    from store.paths import Workspace
+    from store.sync import sync
+
+    here, other = Workspace.at(args.workspace), Workspace.at(args.to or args.from_)
+    src_ws, dst_ws = (here, other) if args.to else (other, here)
+    if args.threads < 1:
+        print("fth frames sync: --threads must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        src = open_catalog(src_ws, create=False)
+        dst_ws.root.mkdir(parents=True, exist_ok=True)
+        dst = open_catalog(dst_ws)
+    except (CatalogMissing, StorageError, OSError) as e:
+        print(f"fth frames sync: {e}", file=sys.stderr)
+        return 2
+    print(f"from {describe(src_ws)}\n  to {describe(dst_ws)}")
+    with src, dst, tqdm(total=src.count(args.source), unit="frame", desc="sync") as bar:
+        rep = sync(src, dst, args.source, args.threads, progress=bar.update)
+    print(f"{rep.copied} copied, {rep.present} already there, {len(rep.failed)} failed")
+    for line in rep.failed[:20]:
+        print(f"failed: {line}")
+    if rep.missing_after:
+        print(f"verify: {len(rep.missing_after)} frames are not in the target with the right bytes, e.g. "
+              f"{rep.missing_after[0]}")  # fmt: skip
+    else:
+        print("verify: every frame is in the target with the right bytes")
+    return 1 if rep.failed or rep.missing_after else 0

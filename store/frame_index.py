@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store.catalog import Catalog, FrameRow
+from store.catalog import FrameRow
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -31,16 +31,23 @@ class FrameIndex:
     """Visible frames of a workspace's catalog (optionally one source), with O(1) lookups.
 
     Args:
-        root: the workspace (frame paths are relative to it).  db_path: the catalog file.  source: only this source.
+        root: the workspace (frame paths are relative to it; its storage settings name the catalog and frame store,
+            `store.backends`).  db_path: a SQLite catalog file other than the workspace's.  source: only this source.
     """
 
-    def __init__(self, root: str | Path, db_path: str | Path, source: str | None = None):
-        if not Path(db_path).exists():
-            raise FrameIndexError(f"no frame catalog at {db_path} (collect frames first, or pass --workspace)")
+    def __init__(self, root: str | Path, db_path: str | Path | None = None, source: str | None = None):
+        from store.backends import CatalogMissing, open_catalog
+
         self.root = Path(root)
         self._root_resolved = self.root.resolve()
-        with Catalog(root, db_path=db_path, recover=False) as cat:
+        other = db_path if db_path and Path(db_path) != self.root / "catalog.sqlite" else None
+        try:
+            cat = open_catalog(self.root, create=False, db_path=other)
+        except CatalogMissing as e:
+            raise FrameIndexError(str(e)) from None
+        with cat:
             self.rows: list[FrameRow] = list(cat.iter_frames(source))
+        self.store = cat.frame_store
         self.by_id = {r.id: r for r in self.rows}
         self.position = {r.id: i for i, r in enumerate(self.rows)}
         self.by_path = {r.path: r.id for r in self.rows}
@@ -82,12 +89,20 @@ class FrameIndex:
         row = self.by_id.get(frame_id)
         return (row.height, row.width) if row else None
 
-    def path(self, frame_id: str) -> Path:
-        return self.root / self.by_id[frame_id].path
+    def path(self, frame_id: str) -> Path | str:
+        """The frame's ref in the workspace's frame store (a local path, or an S3 key): what `read` and
+        `fth.heads_cli.embed_step`'s frames take."""
+        return self.store.ref(self.by_id[frame_id].path)
+
+    def read(self, frame_id: str) -> bytes:
+        """The frame's encoded bytes, from wherever the workspace keeps them."""
+        return self.store.read(self.by_id[frame_id].path)
 
     def image(self, frame_id: str, hw: tuple[int, int]) -> np.ndarray:
         """The frame as (H, W, 3) uint8 at `hw` (for plots)."""
+        import io
+
         from PIL import Image
 
-        with Image.open(self.path(frame_id)) as im:
+        with Image.open(io.BytesIO(self.read(frame_id))) as im:
             return np.asarray(im.convert("RGB").resize((hw[1], hw[0]), Image.BILINEAR))

@@ -1,7 +1,8 @@
 """Where fth keeps its data: one workspace folder, laid out the same for every command.
 
-    <workspace>/catalog.sqlite     frame catalog (store.catalog)
-    <workspace>/frames/            frame files, relative paths in the catalog
+    <workspace>/workspace.yaml     optional: where the catalog and frames live instead (store.backends)
+    <workspace>/catalog.sqlite     frame catalog (store.catalog), unless workspace.yaml names PostgreSQL
+    <workspace>/frames/            frame files, relative paths in the catalog, unless workspace.yaml names S3
     <workspace>/artifacts/         encoders and heads: safetensors + JSON card (store.artifacts)
     <workspace>/embeddings/        per-encoder embedding shards (store.embeddings)
     <workspace>/runs/              training runs

@@ -29,3 +29,31 @@ def workspace(tmp_path, monkeypatch):
     from store.paths import Workspace
 
     return Workspace.at(root)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on loopback for the session (tests.storage_servers.Postgres); `.new_database()`."""
+    from tests.storage_servers import Postgres
+
+    try:
+        server = Postgres()
+    except FileNotFoundError as e:
+        pytest.skip(f"{e} (.ci/run installs it)")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed():
+    """A real S3-compatible server (SeaweedFS) on loopback for the session; `.new_bucket()`, `.endpoint`."""
+    from tests.storage_servers import Seaweed
+
+    try:
+        server = Seaweed()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    server.start()
+    yield server
+    server.stop()
