@@ -22,13 +22,11 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from fth.demo_procs import Steps
+from fth.demo_procs import Steps, guarded
 
 log = logging.getLogger("fth.demo")
 MARKER = ".fth-demo"
@@ -50,14 +48,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--update", action="store_true", help="one encoder-update cycle instead (fth.demo_update): "
                       "the scene changes, fth update runs while a client queries the server")  # fmt: skip
     demo.set_defaults(func=run)
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM to the demo: unwind like Ctrl-C so every child is stopped."""
-
-
-def _on_sigterm(signum, frame) -> None:
-    raise Interrupted()
 
 
 def prepare_workspace(root: Path) -> Path:
@@ -301,9 +291,9 @@ def run(args: argparse.Namespace) -> int:
     if args.quick and args.train_steps is None:
         args.train_steps = 100
     t0 = time.monotonic()
-    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     demo = Demo(args)
-    try:
+
+    def journey() -> None:
         prepare_workspace(demo.ws)
         print(f"fth demo: workspace {demo.ws}, collecting for {args.collect_seconds:.0f} s", flush=True)
         demo.collect()
@@ -312,19 +302,10 @@ def run(args: argparse.Namespace) -> int:
         demo.fit_heads()
         demo.label_curve()
         demo.serve_and_query()
-    except KeyboardInterrupt:
-        print("\nfth demo: interrupted; stopping everything it started", file=sys.stderr, flush=True)
-        return 130
-    except RuntimeError as e:
-        print(f"\nfth demo: {e}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
-        try:
-            demo.stop_all()
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, old_term)
+
+    rc = guarded(demo, "fth demo", journey)
+    if rc:
+        return rc
     demo.results["wall_s"] = time.monotonic() - t0
     demo.results["steps"] = demo.steps
     report = write_report(demo.ws, demo.results)

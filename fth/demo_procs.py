@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +213,36 @@ class Steps:
         for step in reversed(self.running):
             step.stop()
         self.running.clear()
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM to a step runner (`fth demo`, `fth update`): unwind like Ctrl-C so every child is stopped."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Interrupted()
+
+
+def guarded(steps: Steps, what: str, body: Callable[[], None], cleanup: Callable[[], None] = lambda: None) -> int:
+    """Run `body` (a sequence of steps) so that Ctrl-C, SIGTERM and a failed step stop everything it started.
+
+    Returns 0 when `body` finished, 130 when interrupted, 1 when a step failed (RuntimeError, printed as
+    `<what>: <message>`). `cleanup` runs first on the way out, then every background step is stopped."""
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        body()
+        return 0
+    except KeyboardInterrupt:
+        print(f"\n{what}: interrupted; stopping everything it started", file=sys.stderr, flush=True)
+        return 130
+    except RuntimeError as e:
+        print(f"\n{what}: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        try:
+            cleanup()
+            steps.stop_all()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, old_term)

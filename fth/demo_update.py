@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fth.demo import SOURCE, Demo, _on_sigterm, prepare_workspace, ready, wait_for
+from fth.demo import SOURCE, Demo, prepare_workspace, ready, wait_for
+from fth.demo_procs import guarded
 
 BEFORE_S = 75.0  # at least this much collection before the change (the old encoder's frames)
 AFTER_S = 65.0  # collection after the change: one whole 1-minute drift window
@@ -107,10 +106,10 @@ def run_update(args: argparse.Namespace) -> int:
     args.workspace = args.workspace or "workspace/demo-update"
     args.train_steps = args.train_steps or (60 if args.quick else TRAIN_STEPS)
     t0 = time.monotonic()
-    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     demo = UpdateDemo(args)
     traffic = Traffic()
-    try:
+
+    def cycle() -> None:
         prepare_workspace(demo.ws)
         sim_sets, seconds, change = demo.change_plan()
         args.collect_seconds = seconds
@@ -142,20 +141,10 @@ def run_update(args: argparse.Namespace) -> int:
         thread.join(timeout=30)
         demo.run("serve-status", ["serve", "status", "--workspace", demo.ws], echo=True)
         demo.finish(server, "server stopped")
-    except KeyboardInterrupt:
-        print("\nfth demo --update: interrupted; stopping everything it started", file=sys.stderr, flush=True)
-        return 130
-    except RuntimeError as e:
-        print(f"\nfth demo --update: {e}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        traffic.stop.set()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            demo.stop_all()
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, old_term)
+
+    rc = guarded(demo, "fth demo --update", cycle, cleanup=traffic.stop.set)
+    if rc:
+        return rc
     return report(demo, traffic.summary(), time.monotonic() - t0)
 
 

@@ -69,7 +69,7 @@ def first_changed_time(ws, flagged_window: str, window: str, source_ids: set[str
     rows = [r for r in FrameIndex(ws.root, ws.catalog).rows if not source_ids or r.source in source_ids]
     times = [r.captured_at for r in rows if window_key(r.local_day, r.local_tod, window) >= flagged_window]
     if not times:
-        raise ValueError(f"no frames in drift window {flagged_window} or later")
+        raise RuntimeError(f"no frames in drift window {flagged_window} or later")
     first = min(times)
     return first.isoformat() if hasattr(first, "isoformat") else str(first)
 
@@ -131,6 +131,7 @@ class Update:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
+    from fth.demo_procs import guarded
     from heads.drift import DriftError, parse_days
     from store.artifacts import ArtifactError, Registry
     from store.paths import Workspace
@@ -152,38 +153,35 @@ def cmd_update(args: argparse.Namespace) -> int:
     up.doc |= {"old": old, "workspace": str(ws.root), "reference": args.reference, "window": args.window}
     t0 = time.monotonic()
     print(f"fth update: encoder {old}, report in {out}", flush=True)
-    try:
+
+    def cycle() -> None:
         flagged = up.drift(old)
         if not flagged and not args.force:
             up.doc["outcome"] = f"no drift flagged: encoder {old} stays (pass --force to update anyway)"
-        else:
-            windows = sorted(w["window"] for w in flagged) if flagged else None
-            first = windows[0] if windows else up.doc["drift"]["windows"][0]["window"]
-            sources = {w["source"] for w in flagged}
-            since = first_changed_time(ws, first, args.window, sources)
-            up.doc |= {"flagged": windows or [], "since": since}
-            new = up.train(old, since)
-            up.doc["new"] = new
-            gate = up.adapt_refit(old, new)
-            up.doc["serve"] = gate["serve"]
-            if args.dry_run:
-                up.doc["outcome"] = f"dry run: {new} and heads {gate['serve']} would be promoted (nothing swapped)"
-            else:
-                note = f"fth update: drift in {', '.join(windows) if windows else 'none (forced)'}; gate {out}"
-                up.promote(new, gate["serve"], note)
-                up.doc["outcome"] = f"promoted {new} with heads {gate['serve']}"
-    except KeyboardInterrupt:
-        up.steps.stop_all()
-        print("\nfth update: interrupted", file=sys.stderr)
-        return 130
-    except (RuntimeError, ValueError, OSError) as e:
-        up.doc["outcome"] = f"failed: {e}"
-        print(f"\nfth update: {e}", file=sys.stderr, flush=True)
-        write_report(out, up.doc, up.steps.steps, time.monotonic() - t0)
-        return 1
+            return
+        windows = sorted(w["window"] for w in flagged) if flagged else None
+        first = windows[0] if windows else up.doc["drift"]["windows"][0]["window"]
+        since = first_changed_time(ws, first, args.window, {w["source"] for w in flagged})
+        up.doc |= {"flagged": windows or [], "since": since}
+        new = up.train(old, since)
+        up.doc["new"] = new
+        gate = up.adapt_refit(old, new)
+        up.doc["serve"] = gate["serve"]
+        if args.dry_run:
+            up.doc["outcome"] = f"dry run: {new} and heads {gate['serve']} would be promoted (nothing swapped)"
+            return
+        note = f"fth update: drift in {', '.join(windows) if windows else 'none (forced)'}; gate {out}"
+        up.promote(new, gate["serve"], note)
+        up.doc["outcome"] = f"promoted {new} with heads {gate['serve']}"
+
+    rc = guarded(up.steps, "fth update", cycle)
+    if rc:
+        up.doc["outcome"] = "interrupted" if rc == 130 else "failed: see the step's log"
     report = write_report(out, up.doc, up.steps.steps, time.monotonic() - t0)
-    print(f"\n{up.doc['outcome']}\nreport: {report}")
-    return 0
+    if not rc:
+        print(f"\n{up.doc['outcome']}")
+    print(f"report: {report}")
+    return rc
 
 
 def _fmt(v: Any) -> str:
