@@ -47,6 +47,8 @@ SETTINGS: dict[str, tuple[list[str], list[str]]] = {
     "wide128": (["model.encoder.dim=128", "model.encoder.dim_head=32"], []),
     "pix_loss": (["model.norm_pix_loss=false"], []),
 }
+# the same encoders read as pooled vectors (the MLP head): no training, an eval each
+SETTINGS |= {f"{k}_pooled": (t, ["--features", "pooled"]) for k, (t, e) in list(SETTINGS.items()) if not e}
 TASKS = {"people_count": ("people.csv", "30"), "depth": ("depth", "100")}
 DENSE_SEEDS = 2  # a depth fit is ~45 s on one thread: 2 head seeds per column
 
