@@ -122,7 +122,9 @@ class LocalFrames(FrameStore):
     """Frame files under a folder: written by `store.fsutil.atomic_write` (temp file, fsync, rename, fsync dir)."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        # absolute: `ref` hands out root/rel and `read` joins root again, which is only a no-op for absolute refs
+        # (a relative workspace such as `workspace/demo` read `workspace/demo/workspace/demo/frames/...`)
+        self.root = Path(root).absolute()
         self.url = str(self.root)
 
     def ref(self, rel: str) -> Path:

@@ -78,6 +78,20 @@ def test_catalog_semantics_on_each_backend(ws):
         assert [r.id for r in cat.frames("cam")] == [r.id for r in rows[4:]]
 
 
+def test_a_relative_workspace_reads_its_frames_by_ref(tmp_path, monkeypatch):
+    """`fth demo` works in `workspace/demo`: a frame's ref (what embed_step is given) must read back from a relative
+    workspace too (it once read `rel/rel/frames/...`)."""
+    from store.frame_index import FrameIndex
+
+    monkeypatch.chdir(tmp_path)
+    with open_catalog(Workspace.at("rel")) as cat:
+        fill(cat, 2)
+        store = cat.frame_store
+    index = FrameIndex("rel")
+    for row in index.rows:
+        assert store.read(index.path(row.id)) == index.read(row.id) == (tmp_path / "rel" / row.path).read_bytes()
+
+
 def test_recover_settles_only_the_given_sources(ws):
     with open_catalog(ws) as cat:
         lost, _ = cat.add_frame(jpeg(10), "cam", T0, 48, 32)
