@@ -46,8 +46,6 @@ SETTINGS: dict[str, tuple[list[str], list[str]]] = {
     "mask90": (["model.mask_ratio=0.9"], []),
     "wide128": (["model.encoder.dim=128", "model.encoder.dim_head=32"], []),
     "pix_loss": (["model.norm_pix_loss=false"], []),
-    "wide96": (["model.encoder.dim=96", "model.encoder.dim_head=24"], []),
-    "wide128_2000": (["model.encoder.dim=128", "model.encoder.dim_head=32", "max_steps=2000"], []),
 }
 # the same encoders read as pooled vectors (the MLP head): no training, an eval each
 SETTINGS |= {f"{k}_pooled": (t, ["--features", "pooled"]) for k, (t, e) in list(SETTINGS.items()) if not e}
