@@ -184,7 +184,9 @@ def cmd_recover(args) -> int:
 
 
 def cmd_import(args) -> int:
+    import glob
     import re
+    from pathlib import Path
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     from tqdm import tqdm
@@ -205,6 +207,9 @@ def cmd_import(args) -> int:
         ZoneInfo(args.tz)
     except (ZoneInfoNotFoundError, ValueError):
         return usage(f"--tz {args.tz!r} is not an IANA time zone (e.g. Europe/Berlin)")
+    missing = [p for p in args.paths if not glob.has_magic(p) and not Path(p).exists()]
+    if missing:
+        return usage(f"{missing[0]}: no such file or folder")
     ws = Workspace.at(args.workspace)
     try:
         cat = open_catalog(ws)

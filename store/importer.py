@@ -15,6 +15,7 @@ the user's own paths or file names resolves (`store.frame_index.FrameIndex.resol
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import io
@@ -170,19 +171,17 @@ def _split_jpegs(data: bytes) -> list[bytes]:
 
 
 def _video_start(path: Path, tz: str) -> tuple[datetime, str]:
-    """The video's `creation_time` (ffprobe-style tag, read through ffmpeg's metadata dump), else its mtime."""
+    """The video's `creation_time` tag (from the header ffmpeg prints for its input), else its mtime."""
+    import re
+
     from collector.ffmpeg_bin import ffmpeg_exe
 
-    out = subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-f", "ffmetadata", "-"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    for line in out.stdout.splitlines():
-        if line.startswith("creation_time="):
-            try:
-                return parse_time(line.split("=", 1)[1], tz), "video creation_time"
-            except ValueError:
-                break
+    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    found = re.search(r"^\s*creation_time\s*:\s*(\S+)", out.stderr, re.MULTILINE)
+    if found:
+        with contextlib.suppress(ValueError):
+            return parse_time(found.group(1), tz), "video creation_time"
     return _mtime(path), "file mtime"
 
 
