@@ -57,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--every", type=float, default=10.0, help="seconds between frames sampled from a video (default 10)")
     i.add_argument("--times", metavar="CSV", help="path,captured_at rows giving the capture times of the files")
     i.add_argument("--tz", default="UTC", help="IANA zone of the source, and of times without an offset (default UTC)")
+    i.add_argument("--threads", type=int, default=8, help="files read and stored in parallel (default 8)")
     i.set_defaults(func=cmd_import)
     y = fs.add_parser("sync", help="copy frames and rows to (or from) another workspace, e.g. one on PostgreSQL + S3")
     where = y.add_mutually_exclusive_group(required=True)
@@ -199,6 +200,8 @@ def cmd_import(args) -> int:
         print(f"fth frames import: {msg}", file=sys.stderr)
         return 2
 
+    if args.threads < 1:
+        return usage("--threads must be >= 1")
     if not args.every > 0:
         return usage(f"--every must be > 0 seconds, got {args.every}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.source):
@@ -223,10 +226,17 @@ def cmd_import(args) -> int:
             bar.refresh()
 
         try:
-            rep = import_frames(cat, args.paths, args.source, args.every, args.tz, args.times, bar.update, total)
+            rep = import_frames(
+                cat, args.paths, args.source, args.every, args.tz, args.times, bar.update, total, args.threads
+            )
         except ImportInputError as e:
             bar.close()
             return usage(str(e))
+        except Exception as e:  # noqa: BLE001 - storage down mid-import: one line, and what the user can rely on
+            bar.close()
+            print(f"fth frames import: stopped by {type(e).__name__}: {e}; every frame stored so far is complete, "
+                  "run the same command again to continue", file=sys.stderr)  # fmt: skip
+            return 1
     for line in summary(rep):
         print(line)
     return 1 if rep.bad else 0

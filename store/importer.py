@@ -18,11 +18,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import glob
+import hashlib
 import io
 import os
 import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -252,32 +254,64 @@ def import_frames(
     times: str | None = None,
     progress: Callable[[int], None] | None = None,
     total: Callable[[int], None] | None = None,
+    threads: int = 8,
+    chunk: int = 256,
 ) -> ImportReport:
-    """Import every frame `paths` hold into `cat` as source `source`; see the module docstring."""
+    """Import every frame `paths` hold into `cat` as source `source`; see the module docstring.
+
+    `chunk` files at a time: read and checked by `threads` threads, byte-identical files within the chunk set aside
+    (two concurrent adds of one id would collide on its primary key), the distinct ones stored by `threads` threads
+    (an S3 PUT is a network round trip: one at a time would leave an import to a bucket waiting on latency), then
+    the set-aside copies recorded as aliases. Memory is bounded by one chunk's bytes."""
     found, bad = items(paths, every, tz, times)
     if total is not None:
         total(len(found))
     report = ImportReport(bad=bad)
-    for item in found:
+
+    def check(item: Item):
         try:
-            data, width, height, when, time_from, converted = prepare(item, tz)
+            return item, prepare(item, tz)
         except (ValueError, OSError) as e:
-            report.bad.append((item.original, str(e)))
-            if progress:
-                progress(1)
-            continue
-        row, new = cat.add_frame(data, source, when, width, height, tz=tz, original=item.original)
-        if new:
-            report.imported += 1
-            report.converted += converted
-            report.time_from[time_from] += 1
-        elif (kept := cat.original(row.id)) == item.original or not cat.add_alias(item.original, row.id):
-            report.already += 1
-        else:
-            report.identical.append((item.original, kept or row.path))
-        if progress:
-            progress(1)
+            return item, e
+
+    def add(job):
+        item, (data, width, height, when, _, _) = job
+        return cat.add_frame(data, source, when, width, height, tz=tz, original=item.original)
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for start in range(0, len(found), chunk):
+            firsts, copies, seen = [], [], set()
+            for item, prepared in pool.map(check, found[start : start + chunk]):
+                if isinstance(prepared, Exception):
+                    report.bad.append((item.original, str(prepared)))
+                    if progress:
+                        progress(1)
+                    continue
+                frame_id = hashlib.sha256(prepared[0]).hexdigest()
+                (copies if frame_id in seen else firsts).append((item, prepared))
+                seen.add(frame_id)
+            for (item, prepared), (row, new) in zip(firsts, pool.map(add, firsts), strict=True):
+                _account(cat, report, item, prepared, row, new)
+                if progress:
+                    progress(1)
+            for item, prepared in copies:
+                row, new = add((item, prepared))  # already stored: only its name is recorded
+                _account(cat, report, item, prepared, row, new)
+                if progress:
+                    progress(1)
     return report
+
+
+def _account(cat: Catalog, report: ImportReport, item: Item, prepared: tuple, row, new: bool) -> None:
+    """Count one file's outcome; a file byte-identical to a frame stored under another name becomes its alias."""
+    if new:
+        report.imported += 1
+        report.converted += prepared[5]
+        report.time_from[prepared[4]] += 1
+    elif (kept := cat.original(row.id)) == item.original or not cat.add_alias(item.original, row.id):
+        report.already += 1
+    else:
+        report.identical.append((item.original, kept or row.path))
 
 
 def summary(report: ImportReport, show: int = 5) -> list[str]:

@@ -160,3 +160,19 @@ def test_bad_arguments_and_old_sqlite_catalog(workspace, tmp_path):
     rc, out, err = run("frames", "import", str(tmp_path / "a.jpg"))
     assert rc == 0 and "1 frames imported" in out, err
     assert FrameIndex(workspace.root).resolve("a.jpg") is not None
+
+
+def test_sync_carries_original_paths(workspace, tmp_path, postgres, seaweed):
+    photos = tmp_path / "photos"
+    files = user_folder(photos, n=4)
+    assert run("frames", "import", str(photos), "--threads", "3")[0] == 1  # the two bad files
+    remote = Workspace.at(tmp_path / "remote")
+    remote.root.mkdir()
+    remote_settings(remote, postgres, seaweed)
+    rc, out, err = run("frames", "--workspace", str(workspace.root), "sync", "--to", str(remote.root))
+    assert rc == 0, out + err
+    here, there = FrameIndex(workspace.root), FrameIndex(remote.root)
+    copy = str(photos / "day1" / "copy_of_IMG_0000.jpg")
+    for key in (str(files["IMG_0002.jpg"]), copy, "IMG_0003.jpg", "scan"):
+        assert there.resolve(key) == here.resolve(key) is not None, key
+    assert there.resolve(copy) == there.resolve(str(files["IMG_0000.jpg"]))
