@@ -185,6 +185,7 @@ def cmd_recover(args) -> int:
 
 
 def cmd_import(args) -> int:
+    import contextlib
     import glob
     import re
     from pathlib import Path
@@ -194,6 +195,7 @@ def cmd_import(args) -> int:
 
     from store.backends import StorageError, describe, open_catalog
     from store.importer import ImportInputError, import_frames, summary
+    from store.lock import Lease, SourceLeased, holder_name
     from store.paths import Workspace
 
     def usage(msg: str) -> int:
@@ -218,8 +220,20 @@ def cmd_import(args) -> int:
         cat = open_catalog(ws)
     except (StorageError, OSError) as e:
         return usage(str(e))
-    print(f"into {describe(ws)}, source {args.source}")
-    with cat, tqdm(unit="frame", desc="import") as bar:
+    lease = Lease(cat, f"source:{args.source}", holder_name("fth frames import"))
+    try:
+        lease.acquire()
+    except SourceLeased as e:
+        cat.close()
+        print(f"fth frames import: {e}", file=sys.stderr)
+        return 1
+    with cat, contextlib.ExitStack() as stack, tqdm(unit="frame", desc="import") as bar:
+        stack.callback(lease.release)  # before the catalog closes
+        settled = cat.recover([args.source])  # what an import or collector of this source killed mid-write left
+        bar.write(f"into {describe(ws)}, source {args.source}")
+        if settled["rolled_back"] or settled["completed"]:
+            bar.write(f"settled interrupted writes: {settled['completed']} completed, {settled['rolled_back']} rolled "
+                      "back")  # fmt: skip
 
         def total(n: int) -> None:
             bar.total = n

@@ -176,3 +176,29 @@ def test_sync_carries_original_paths(workspace, tmp_path, postgres, seaweed):
     for key in (str(files["IMG_0002.jpg"]), copy, "IMG_0003.jpg", "scan"):
         assert there.resolve(key) == here.resolve(key) is not None, key
     assert there.resolve(copy) == there.resolve(str(files["IMG_0000.jpg"]))
+
+
+def test_a_leased_source_is_refused_and_a_killed_import_is_settled(ws, tmp_path):
+    from store.lock import Lease, holder_name
+
+    image(5).save(tmp_path / "a.jpg")
+    image(6).save(tmp_path / "b.jpg")
+    with open_catalog(ws) as cat:
+        lease = Lease(cat, "source:cam", holder_name("a collector"), ttl=30).acquire()
+        try:
+            rc, _, err = run(
+                "frames", "--workspace", str(ws.root), "import", str(tmp_path / "a.jpg"), "--source", "cam"
+            )
+            assert rc == 1 and "source:cam is held by" in err and "(a collector)" in err
+        finally:
+            lease.release()
+        assert cat.count() == 0
+        # an import killed between its row and its bytes: a `writing` row with nothing stored
+        row, _ = cat.add_frame((tmp_path / "b.jpg").read_bytes(), "cam", EXIF_TIME, 64, 48)
+        cat.frame_store.delete(row.path)
+        cat._exec("UPDATE frames SET state = 'writing' WHERE id = ?", (row.id,))
+    rc, out, err = run("frames", "--workspace", str(ws.root), "import", str(tmp_path), "--source", "cam")
+    assert rc == 0 and "settled interrupted writes: 0 completed, 1 rolled back" in out, out + err
+    assert "2 frames imported" in out
+    with open_catalog(ws) as cat:
+        assert cat.count() == 2 and cat.verify() == CLEAN
