@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     shards = sub.add_parser("shards", help="WebDataset tar shards of the frame catalog")
     shards_sub = shards.add_subparsers(dest="shards_command", metavar="ACTION", required=True)
     export = shards_sub.add_parser("export", help="write catalog frames as shuffled tar shards + index.json")
-    export.add_argument("out", help="folder to write the shards into")
+    export.add_argument("out", help="folder to write the shards into, or s3://bucket/prefix (the workspace's endpoint)")
     export.add_argument("--workspace", default=None, help="workspace folder (default: $FTH_WORKSPACE or ./workspace)")
     export.add_argument("--source", action="append", default=[], help="catalog source id (repeatable; default all)")
     export.add_argument("--since", default=None, help="UTC ISO time, inclusive")
@@ -125,7 +125,9 @@ def _shards_export(args: argparse.Namespace) -> int:
     if not 1 <= args.quality <= 100:
         print("fth shards export: --quality must be in 1..100", file=sys.stderr)
         return 2
-    index = export_shards(catalog_records(cfg), args.out, args.per_shard, args.seed, args.size, args.quality)
+    index = export_shards(
+        catalog_records(cfg), args.out, args.per_shard, args.seed, args.size, args.quality, workspace=args.workspace
+    )
     at = f" at {args.size[0]}x{args.size[1]} (cover, q{args.quality})" if args.size else ""
     print(f"{index['count']} frames in {len(index['shards'])} shards{at} -> {args.out}  ({index['digest']})")
     if index["missing"]:

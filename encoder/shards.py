@@ -11,6 +11,10 @@ its aspect kept to the smallest size covering H x W (a 1080x1920 frame at 576x96
 random resized crops see the whole frame as before at a fraction of the decode cost. The index records `size` and
 `quality`; frame ids stay those of the catalog (the original bytes), so the frame-set digest is unchanged.
 
+Where: a local folder, or `s3://bucket/prefix` on the workspace's S3 endpoint (`s3_endpoint` in its workspace.yaml,
+else `$AWS_ENDPOINT_URL`): each tar is built in memory and stored with one checked PUT (`store.backends.S3Frames`),
+`index.json` last; a reader fetches a whole shard when it first needs it (two kept in memory per process).
+
 Streaming: per epoch, the shard list is permuted from (seed, epoch) and rank r takes shards r, r + world, ...;
 inside a shard the order is permuted from (seed, epoch, shard). The rank's stream is cut into batches; the dataset
 is keyed `(epoch, batch)`, so a DataLoader (persistent workers or not) returns batches in stream order whatever the
@@ -20,6 +24,7 @@ worker count, and a start batch resumes mid-epoch exactly. Every rank runs the s
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -64,6 +69,16 @@ def resized_jpeg(data: bytes, size: tuple[int, int], quality: int) -> bytes:
     return buf.getvalue()
 
 
+def s3_place(url: str | Path, workspace: str | Path | None = None):
+    """The `S3Frames` store of an `s3://bucket/prefix` shard location, or None for a local folder."""
+    if not str(url).startswith("s3://"):
+        return None
+    from store.backends import S3Frames, settings
+    from store.paths import Workspace
+
+    return S3Frames(str(url), settings(Workspace.at(workspace)).s3_endpoint)
+
+
 def export_shards(
     records: Sequence[FrameRecord],
     out: str | Path,
@@ -71,6 +86,7 @@ def export_shards(
     seed: int = 0,
     size: tuple[int, int] | None = None,
     quality: int = 90,
+    workspace: str | Path | None = None,
 ) -> dict:
     """Write `records` (shuffled with `seed`) as tar shards of `per_shard` frames into `out`; returns the index.
 
@@ -79,8 +95,10 @@ def export_shards(
     `index.json` is written last, so a reader never sees a half shard. Frames whose file is missing are left out and
     counted in `index["missing"]`; with `size`, so are frames that do not decode (counted in `index["unreadable"]`).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    remote = s3_place(out, workspace)
+    if remote is None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
     order = np.random.default_rng(seed).permutation(len(records))
     frames: list[tuple[FrameRecord, str, bytes]] = []  # (record, extension, bytes) in export order
     missing = unreadable = 0
@@ -102,11 +120,17 @@ def export_shards(
     for k, start in enumerate(range(0, len(frames), per_shard)):
         chunk = frames[start : start + per_shard]
         name = f"shard-{k:06d}.tar"
-        with atomic_write(out / name) as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        buf = io.BytesIO()
+        with (
+            atomic_write(out / name) if remote is None else contextlib.nullcontext(buf) as f,
+            tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar,
+        ):
             for i, (rec, ext, data) in enumerate(chunk):
                 key = f"{start + i:09d}"
                 _add(tar, f"{key}.{ext}", data)
                 _add(tar, f"{key}.json", json.dumps({"id": rec.id, "key": key}).encode())
+        if remote is not None:
+            remote.put(name, buf.getvalue())
         shards.append({"name": name, "start": start, "count": len(chunk)})
     index = {
         "format": "webdataset",
@@ -119,7 +143,10 @@ def export_shards(
         "quality": quality if size else None,
         "shards": shards,
     }
-    (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    if remote is None:
+        (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    else:
+        remote.put(INDEX, (json.dumps(index, indent=2) + "\n").encode())
     log.info("exported %d frames as %d shards in %s (%d missing left out)", len(frames), len(shards), out, missing)
     return index
 
@@ -130,7 +157,15 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def read_index(folder: str | Path) -> dict:
+def read_index(folder: str | Path, workspace: str | Path | None = None) -> dict:
+    remote = s3_place(folder, workspace)
+    if remote is not None:
+        try:
+            return json.loads(remote.read(INDEX))
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"no {INDEX} in {folder}: not a shard folder written by `fth shards export`"
+            ) from None
     path = Path(folder) / INDEX
     if not path.is_file():
         raise FileNotFoundError(f"no {INDEX} in {folder}: not a shard folder written by `fth shards export`")
@@ -160,7 +195,9 @@ class ShardDataset(Dataset):
         rank: int = 0,
         decode: str = "pil",
     ):
-        self.folder, self.index = Path(folder), read_index(folder)
+        self.remote = s3_place(folder, cfg.workspace)
+        self.folder = Path(folder) if self.remote is None else str(folder)
+        self.index = read_index(folder, cfg.workspace)
         self.shards = self.index["shards"]
         if len(self.shards) < world:
             raise ValueError(f"{len(self.shards)} shards cannot be split over {world} ranks; export smaller shards")
@@ -204,7 +241,7 @@ class ShardDataset(Dataset):
         if epoch not in self._streams:
             self._streams = {epoch: self._stream(self.rank, epoch)}
         if self._reader is None:
-            self._reader = _TarReader(self.folder, self.shards)
+            self._reader = _TarReader(self.folder, self.shards, self.remote)
         stream = self._streams[epoch]
         positions = range(b * self.batch_size, (b + 1) * self.batch_size)
         return collate([self._sample(stream, epoch, p, self._reader) for p in positions])
@@ -261,14 +298,18 @@ class BatchKeys(Sampler[tuple[int, int]]):
 class _TarReader:
     """Random access into shards by key; keeps the two most recently used tars open."""
 
-    def __init__(self, folder: Path, shards: list[dict]):
-        self.folder, self.shards = folder, shards
+    def __init__(self, folder: Path | str, shards: list[dict], remote=None):
+        self.folder, self.shards, self.remote = folder, shards, remote
         self.open: OrderedDict[int, tuple[tarfile.TarFile, dict[str, dict[str, tarfile.TarInfo]]]] = OrderedDict()
 
     def read(self, shard: int, key: int) -> tuple[dict, bytes]:
         """(metadata, encoded image bytes) of sample `key` in shard number `shard`."""
         if shard not in self.open:
-            tar = tarfile.open(self.folder / self.shards[shard]["name"], "r:")  # noqa: SIM115 (kept open, closed in close)
+            name = self.shards[shard]["name"]
+            if self.remote is None:
+                tar = tarfile.open(self.folder / name, "r:")  # noqa: SIM115 (kept open, closed in close)
+            else:  # the whole shard, fetched once into memory
+                tar = tarfile.open(fileobj=io.BytesIO(self.remote.read(name)), mode="r:")  # noqa: SIM115
             samples: dict[str, dict[str, tarfile.TarInfo]] = {}
             for m in tar.getmembers():
                 stem, _, ext = m.name.partition(".")

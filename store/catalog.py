@@ -47,13 +47,15 @@ CREATE TABLE IF NOT EXISTS frames (
     bytes INTEGER NOT NULL,
     duplicate_of TEXT,
     stale INTEGER NOT NULL DEFAULT 0,
-    state TEXT NOT NULL DEFAULT 'ok'
+    state TEXT NOT NULL DEFAULT 'ok',
+    original TEXT
 );
 CREATE INDEX IF NOT EXISTS frames_source_time ON frames (source, captured_at);
 CREATE INDEX IF NOT EXISTS frames_time ON frames (captured_at);
 CREATE INDEX IF NOT EXISTS frames_day ON frames (local_day, source);
 CREATE INDEX IF NOT EXISTS frames_pending ON frames (state) WHERE state != 'ok';
 CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS aliases (original TEXT PRIMARY KEY, id TEXT NOT NULL);
 """
 # PostgreSQL: byte-order ("C") text so keyset paging and sorting match SQLite's, whatever the database's locale;
 # 8-byte floats and sizes.
@@ -71,13 +73,16 @@ CREATE TABLE IF NOT EXISTS frames (
     bytes BIGINT NOT NULL,
     duplicate_of TEXT,
     stale INTEGER NOT NULL DEFAULT 0,
-    state TEXT NOT NULL DEFAULT 'ok'
+    state TEXT NOT NULL DEFAULT 'ok',
+    original TEXT
 );
+ALTER TABLE frames ADD COLUMN IF NOT EXISTS original TEXT;
 CREATE INDEX IF NOT EXISTS frames_source_time ON frames (source, captured_at, id);
 CREATE INDEX IF NOT EXISTS frames_time ON frames (captured_at, id);
 CREATE INDEX IF NOT EXISTS frames_day ON frames (local_day, source);
 CREATE INDEX IF NOT EXISTS frames_pending ON frames (state) WHERE state != 'ok';
 CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS aliases (original TEXT PRIMARY KEY, id TEXT NOT NULL);
 """
 COLUMNS = "id, path, source, captured_at, local_day, local_tod, tz, width, height, bytes, duplicate_of, stale"
 
@@ -125,6 +130,9 @@ class _Sqlite:
         self.conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
+        columns = {r[1] for r in self.conn.execute("PRAGMA table_info(frames)")}
+        if columns and "original" not in columns:  # a catalog from before `fth frames import`: migrate in place
+            self.conn.execute("ALTER TABLE frames ADD COLUMN original TEXT")
         self.conn.executescript(SCHEMA)
 
     def execute(self, sql: str, args: tuple | list = ()) -> list[tuple]:
@@ -219,8 +227,10 @@ class Catalog:
         tz: str = "UTC",
         duplicate_of: str | None = None,
         ext: str = "jpg",
+        original: str | None = None,
     ) -> tuple[FrameRow, bool]:
-        """Store encoded image bytes durably; returns (row, True), or (existing row, False) for bytes already stored."""
+        """Store encoded image bytes durably; returns (row, True), or (existing row, False) for bytes already stored.
+        `original`: the file the frame was imported from (kept so labels keyed by the user's own paths resolve)."""
         frame_id = hashlib.sha256(data).hexdigest()
         existing = self.get(frame_id, any_state=True)
         if existing is not None:
@@ -231,8 +241,8 @@ class Catalog:
         rel = f"frames/{source}/{captured[:10]}/{hhmmss}_{frame_id[:16]}.{ext}"
         row = FrameRow(frame_id, rel, source, captured, day, tod, tz, width, height, len(data), duplicate_of)
         self._exec(
-            f"INSERT INTO frames ({COLUMNS}, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'writing')",
-            (*_values(row),),
+            f"INSERT INTO frames ({COLUMNS}, original, state) VALUES ({', '.join('?' * 13)}, 'writing')",
+            (*_values(row), original),
         )
         try:
             self.frame_store.put(rel, data)
@@ -241,6 +251,32 @@ class Catalog:
             raise
         self._exec("UPDATE frames SET state = 'ok' WHERE id = ?", (frame_id,))
         return row, True
+
+    def add_alias(self, original: str, frame_id: str) -> bool:
+        """Record `original` (a file byte-identical to frame `frame_id`'s) as another name of that frame; False when
+        the name is already on record."""
+        if self._exec("SELECT 1 FROM frames WHERE original = ? AND id = ?", (original, frame_id)):
+            return False
+        before = self._exec("SELECT id FROM aliases WHERE original = ?", (original,))
+        self._exec(
+            "INSERT INTO aliases (original, id) VALUES (?, ?) ON CONFLICT (original) DO NOTHING", (original, frame_id)
+        )
+        return not before
+
+    def original(self, frame_id: str) -> str | None:
+        """The path frame `frame_id` was imported from (None for a collected frame or an unknown id)."""
+        rows = self._exec("SELECT original FROM frames WHERE id = ?", (frame_id,))
+        return rows[0][0] if rows else None
+
+    def originals(self, source: str | None = None) -> list[tuple[str, str]]:
+        """(original path, frame id) of every imported visible frame and every byte-identical file recorded as an
+        alias of one (the names `store.frame_index.FrameIndex.resolve` accepts besides ours)."""
+        where, args = self._where(source, None, None, None, True, True)
+        rows = self._exec(f"SELECT original, id FROM frames WHERE {where} AND original IS NOT NULL", args)
+        rows += self._exec(
+            f"SELECT a.original, a.id FROM aliases a JOIN frames ON frames.id = a.id WHERE {where}", args
+        )
+        return [(o, i) for o, i in rows]
 
     def mark_stale(self, frame_id: str, stale: bool = True) -> None:
         self._exec("UPDATE frames SET stale = ? WHERE id = ?", (int(stale), frame_id))

@@ -7,6 +7,7 @@ workspace, or a catalog file's stem) becomes our frame id.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -47,17 +48,29 @@ class FrameIndex:
             raise FrameIndexError(str(e)) from None
         with cat:
             self.rows: list[FrameRow] = list(cat.iter_frames(source))
+            originals = cat.originals(source)
         self.store = cat.frame_store
         self.by_id = {r.id: r for r in self.rows}
         self.position = {r.id: i for i, r in enumerate(self.rows)}
         self.by_path = {r.path: r.id for r in self.rows}
         self.by_stem = {_stem(r.path): r.id for r in self.rows}
+        # imported frames: the user's own absolute paths, and their file names and stems where those are unambiguous
+        self.by_original = dict(originals)
+        self.by_name: dict[str, str | None] = {}
+        for original, frame_id in originals:
+            name = original.rsplit("/", 1)[-1]
+            for k in {name, _stem(name)}:
+                self.by_name[k] = frame_id if self.by_name.get(k, frame_id) == frame_id else None
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def resolve(self, key: str) -> str | None:
         """A frame id, a path (absolute or relative to the workspace) or a file stem -> our frame id, else None.
+
+        Imported frames (`fth frames import`) also resolve by the path they were imported from (absolute, or relative
+        to the current folder) and by that file's name or stem when no other imported file has the same one; every
+        byte-identical copy among the imported files names the one stored frame.
 
         A file named by a 64-hex id the catalog does not know resolves to that id, so the caller's check reports it as
         an unknown frame (with counts) rather than as an unresolvable path."""
@@ -66,7 +79,14 @@ class FrameIndex:
             return key
         if key in self.by_path:
             return self.by_path[key]
+        if key in self.by_original:
+            return self.by_original[key]
         path = Path(key)
+        if self.by_original:
+            absolute = path if path.is_absolute() else Path.cwd() / path
+            found = self.by_original.get(os.path.normpath(absolute)) or self.by_original.get(str(absolute.resolve()))
+            if found:
+                return found
         if path.is_absolute():
             try:
                 rel = path.resolve().relative_to(self._root_resolved).as_posix()
@@ -79,6 +99,9 @@ class FrameIndex:
             return stem
         if stem in self.by_stem:
             return self.by_stem[stem]
+        for name in (path.name, stem):
+            if self.by_name.get(name):
+                return self.by_name[name]
         return stem if HEX64.fullmatch(stem) else None
 
     def in_capture_order(self, ids: list[str]) -> list[str]:

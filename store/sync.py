@@ -3,8 +3,9 @@
 Idempotent and resumable: a frame is keyed by its content id, so one already in the target is skipped, and a copy
 that stops half way is finished by running it again. Each copied frame goes through the target catalog's own
 `add_frame` (row `writing`, bytes stored durably, row `ok`), with the source's capture time, timezone, flags and
-relative path, after its bytes were checked against its id. `sync` ends by checking that every source frame is in the
-target with the right bytes.
+relative path, after its bytes were checked against its id; the files imported frames came from (and their
+byte-identical copies) go along, so labels keyed by them join on the target. `sync` ends by checking that every
+source frame is in the target with the right bytes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ def _copy_one(src: Catalog, dst: Catalog, row: FrameRow) -> str:
     if hashlib.sha256(data).hexdigest() != row.id:
         raise ValueError("the source's bytes do not hash to the frame id (run fth frames verify on the source)")
     ext = PurePosixPath(row.path).suffix.lstrip(".") or "jpg"
-    stored, _ = dst.add_frame(data, row.source, row.captured, row.width, row.height, row.tz, row.duplicate_of, ext)
+    stored, _ = dst.add_frame(
+        data, row.source, row.captured, row.width, row.height, row.tz, row.duplicate_of, ext, src.original(row.id)
+    )
     if row.stale:
         dst.mark_stale(stored.id)
     return "copied"
@@ -62,6 +65,9 @@ def sync(
                 report.present += 1
             if progress is not None:
                 progress(1)
+    for original, frame_id in src.originals(source):  # imported files' names (`fth frames import`), for label joins
+        if dst.get(frame_id) is not None and dst.original(frame_id) != original:
+            dst.add_alias(original, frame_id)
     for row in rows:
         if dst.get(row.id) is None or dst.frame_store.sha256(dst.get(row.id).path) != row.id:
             report.missing_after.append(row.id)
