@@ -399,14 +399,14 @@ def quality(args) -> int:
     from heads.join import fit_from_labels
     from heads.pipeline import FitRequest, label_size, read_labels, resize_nearest, run_fit
     from store.artifacts import Registry
-    from store.catalog import Catalog
+    from store.backends import open_catalog
     from store.frame_index import FrameIndex
     from store.paths import Workspace
 
     root = Path(tempfile.mkdtemp(prefix="bench-heads-"))
     ws, cfg = Workspace.at(root), SimConfig(height=96, width=160)
     base, step = datetime(2026, 3, 1, tzinfo=UTC), max(1, 6000 // args.frames)
-    with Catalog(ws.root) as cat:
+    with open_catalog(ws) as cat:
         for k in range(args.frames):
             rgb, _ = frame(cfg, k * step)
             buf = io.BytesIO()

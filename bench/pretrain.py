@@ -60,13 +60,14 @@ def build_workspace(root: Path, frames: int, days: int) -> None:
 
     from collector.config import SimConfig
     from collector.sim import frame, write_labels
-    from store.catalog import Catalog
+    from store.backends import open_catalog
+    from store.paths import Workspace
 
     cfg = SimConfig(height=192, width=320, start_hour=0.0)
     per_day = round(24 * 3600 / cfg.time_scale * cfg.fps)  # sim frame indices per sim day
     step = max(1, days * per_day // frames)
     base = datetime(2026, 3, 1, tzinfo=UTC)
-    with Catalog(root) as cat:
+    with open_catalog(Workspace.at(root)) as cat:
         for k in range(frames):
             rgb, _ = frame(cfg, k * step)
             buf = io.BytesIO()

@@ -94,9 +94,22 @@ def finish(
         known: the frame ids that exist (the catalog's); None skips the check.
         unknown: `error` (default) raises on labels naming unknown frames; `drop` drops them with a warning.
     """
+    note = ""
     dup = [k for k, c in Counter(ids).items() if c > 1]
-    if dup:
-        raise LabelError(f"{len(dup)} frames are labelled more than once in {source}: {_first(dup)}")
+    if dup:  # byte-identical files are one frame: the same label twice is kept once, two different ones are an error
+        import numpy as np
+
+        first: dict[str, Any] = {}
+        clash = []
+        for i, v in zip(ids, values, strict=True):
+            if i in first and not np.array_equal(np.asarray(first[i]), np.asarray(v)):
+                clash.append(i)
+            first.setdefault(i, v)
+        if clash:
+            raise LabelError(f"{len(set(clash))} frames are labelled more than once, with different values, in "
+                             f"{source}: {_first(sorted(set(clash)))}")  # fmt: skip
+        ids, values = list(first), list(first.values())
+        note = f"{len(dup)} frames labelled twice with the same value (byte-identical files) kept once"
     if known is not None:
         missing = [i for i in ids if i not in known]
         if missing and unknown == "error":
@@ -105,7 +118,7 @@ def finish(
             log.warning("dropping %d labels in %s that name unknown frames: %s", len(missing), source, _first(missing))
             keep = [j for j, i in enumerate(ids) if i in known]
             ids, values = [ids[j] for j in keep], [values[j] for j in keep]
-    return LabelSet(list(ids), list(values), source, classes)
+    return LabelSet(list(ids), list(values), source, classes, note)
 
 
 def sniff(path: str, formats: list[str]) -> str:

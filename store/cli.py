@@ -9,7 +9,7 @@ fth frames recover [--no-hash]                  settle interrupted writes; remov
 fth frames import PATH... [--source S] [--every SECONDS] [--times CSV] [--tz ZONE]
                                                 images (files, folders, globs), videos sampled every N s, or CSVs of
                                                 path,captured_at; idempotent, keeps the original paths for labels
-fth frames sync --to OTHER | --from OTHER [--source S]
+fth frames sync --to OTHER | --from OTHER [--source S]     (also `fth sync`)
                                                 copy frames and rows between this workspace and another (each with its
                                                 own storage settings: local, PostgreSQL + S3), idempotent, verified
 """
@@ -59,7 +59,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--tz", default="UTC", help="IANA zone of the source, and of times without an offset (default UTC)")
     i.add_argument("--threads", type=int, default=8, help="files read and stored in parallel (default 8)")
     i.set_defaults(func=cmd_import)
-    y = fs.add_parser("sync", help="copy frames and rows to (or from) another workspace, e.g. one on PostgreSQL + S3")
+    sync_args(fs.add_parser("sync", help=SYNC_HELP))
+    top = sub.add_parser("sync", help=f"{SYNC_HELP} (= fth frames sync)")
+    top.add_argument("--workspace", default=None, help="data root (default: $FTH_WORKSPACE or ./workspace)")
+    sync_args(top)
+
+
+SYNC_HELP = "copy frames and rows to (or from) another workspace, e.g. one on PostgreSQL + S3"
+
+
+def sync_args(y: argparse.ArgumentParser) -> None:
     where = y.add_mutually_exclusive_group(required=True)
     where.add_argument("--to", metavar="WORKSPACE", help="the target workspace folder (its workspace.yaml says where)")
     where.add_argument("--from", dest="from_", metavar="WORKSPACE", help="the workspace to copy from")

@@ -51,9 +51,12 @@ def test_csv_errors_count_offenders(tmp_path):
     with pytest.raises(LabelError, match=r"2 of 8 labels .* name unknown frames: f{64}, e{64}"):
         read_csv(path, known=set(IDS))
     assert read_csv(path, known=set(IDS), unknown="drop").ids == IDS
-    write_csv(tmp_path / "d.csv", LabelSet(IDS + IDS[:2], [1.0] * 8))
-    with pytest.raises(LabelError, match="2 frames are labelled more than once"):
+    write_csv(tmp_path / "d.csv", LabelSet(IDS + IDS[:2], [1.0] * 6 + [2.0, 2.0]))
+    with pytest.raises(LabelError, match="2 frames are labelled more than once, with different values"):
         read_csv(tmp_path / "d.csv")
+    write_csv(tmp_path / "s.csv", LabelSet(IDS + IDS[:2], [1.0] * 8))  # byte-identical files: the same label twice
+    same = read_csv(tmp_path / "s.csv")
+    assert same.ids == IDS and "2 frames labelled twice with the same value" in same.note
     (tmp_path / "n.csv").write_text("path,value\nnowhere/a.jpg,1\nnowhere/b.jpg,2\n" + f"{PATHS[IDS[0]]},3\n")
     with pytest.raises(LabelError, match="2 of 3 paths .* resolve to no frame: nowhere/a.jpg"):
         read_csv(tmp_path / "n.csv", resolver=resolver)

@@ -235,7 +235,7 @@ def test_frames_sync_command(tmp_path, postgres, seaweed, capsys, monkeypatch):
     monkeypatch.delenv("FTH_WORKSPACE", raising=False)
     assert fth(["frames", "--workspace", str(local.root), "sync", "--to", str(remote.root)]) == 0
     assert "4 copied" in capsys.readouterr().out
-    assert fth(["frames", "--workspace", str(remote.root), "sync", "--to", str(local.root)]) == 0
+    assert fth(["sync", "--workspace", str(local.root), "--from", str(remote.root)]) == 0  # the top-level form
     assert "0 copied, 4 already there" in capsys.readouterr().out
     assert fth(["frames", "--workspace", str(tmp_path / "none"), "sync", "--to", str(remote.root)]) == 2
     assert "no frame catalog" in capsys.readouterr().err
