@@ -97,11 +97,9 @@ def evaluate_task(spec: dict[str, Any], args: argparse.Namespace, encoders: list
     from fth.heads_cli import embed_step
     from fth.model_init import random_init_like
     from heads.fit import FitConfig
-    from heads.join import read_features
     from heads.label_curve import fit_budget, held_out, parse_sizes
     from heads.labels import LabelError
-    from heads.pipeline import FitRequest, label_size, missing_features, read_labels, resize_nearest
-    from store.embeddings import EmbeddingStore
+    from heads.pipeline import FitRequest, label_size, read_labels, resize_nearest, stored_features
     from store.frame_index import FrameIndex
     from store.recipe import FeatureRecipe, parse_layers
 
@@ -138,11 +136,7 @@ def evaluate_task(spec: dict[str, Any], args: argparse.Namespace, encoders: list
         init = random_init_like(registry, card.id, seed=0)
         for name, enc_id in ((card.name or card.id, card.id), (f"random init of {card.name or card.id}", init.id)):
             recipe = FeatureRecipe(form, layers, card.config["encoder"].get("pool", "mean"))  # type: ignore[arg-type]
-            missing = missing_features(EmbeddingStore(ws.embeddings, enc_id), ids, recipe)
-            if missing:
-                report(f"embedding {len(missing)} frames for {name} ({enc_id})")
-                embed_step(args.workspace, enc_id)([(i, index.path(i)) for i in missing], recipe)
-            x, recipe = read_features(EmbeddingStore(ws.embeddings, enc_id), ids, recipe)
+            x, recipe, _ = stored_features(ws, index, enc_id, ids, recipe, embed_step(args.workspace, enc_id), report)
             columns[name] = (x, recipe)
         vit = card.config["encoder"]
         grid = (*vit["img_size"], vit["patch_size"])

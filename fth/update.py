@@ -51,16 +51,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_update)
 
 
-def served_encoder(ws, registry) -> str:
-    """The encoder release.json serves, else the newest registered one."""
-    from store.release import current
-
-    release = current(ws)
-    if release is not None:
-        return release.encoder
-    return registry.newest("encoder", ": train one first (fth train)").id
-
-
 def first_changed_time(ws, flagged_window: str, window: str, source_ids: set[str]) -> str:
     """The UTC capture time of the earliest frame in `flagged_window` or later (the continued run's `--since`)."""
     from heads.drift import window_key
@@ -70,8 +60,7 @@ def first_changed_time(ws, flagged_window: str, window: str, source_ids: set[str
     times = [r.captured_at for r in rows if window_key(r.local_day, r.local_tod, window) >= flagged_window]
     if not times:
         raise RuntimeError(f"no frames in drift window {flagged_window} or later")
-    first = min(times)
-    return first.isoformat() if hasattr(first, "isoformat") else str(first)
+    return min(times)  # captured_at is UTC ISO text, which sorts in time order
 
 
 class Update:
@@ -135,6 +124,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     from heads.drift import DriftError, parse_days
     from store.artifacts import ArtifactError, Registry
     from store.paths import Workspace
+    from store.release import ReleaseError, served
 
     ws = Workspace.at(args.workspace)
     try:
@@ -142,8 +132,8 @@ def cmd_update(args: argparse.Namespace) -> int:
         if not 0.0 <= args.replay < 1.0:
             raise ValueError(f"--replay {args.replay}: expected a share in [0, 1)")
         registry = Registry(ws.artifacts)
-        old = registry.card(args.encoder).id if args.encoder else served_encoder(ws, registry)
-    except (DriftError, ArtifactError, ValueError) as e:
+        old = registry.card(args.encoder).id if args.encoder else served(ws, registry, ": train one (fth train)")[0]
+    except (DriftError, ArtifactError, ReleaseError, ValueError) as e:
         print(f"fth update: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

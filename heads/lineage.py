@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from heads.labels import LabelError, LabelSet, _first
-from heads.pipeline import Embed, FitRequest, labelled, missing_features
+from heads.labels import LabelError, LabelSet
+from heads.pipeline import Embed, FitRequest, labelled, stored_features
 from store.artifacts import Card
 from store.recipe import FeatureRecipe
 
@@ -105,20 +105,7 @@ def features(
     ws, index, encoder_id: str, ids: list[str], recipe: FeatureRecipe, embed: Embed | None,
     report: Callable[[str], None] = print,
 ) -> np.ndarray:  # fmt: skip
-    """Features of `ids` (in order) for `encoder_id` in `recipe`'s form, embedding the frames its store lacks."""
-    from heads.join import read_features
-    from store.embeddings import EmbeddingStore
-
+    """Features of `ids` (in order) for `encoder_id` in the form `recipe` reads (its tables; not its width or grid,
+    which are another encoder's), embedding the frames its store lacks."""
     base = FeatureRecipe(recipe.form, recipe.layers, recipe.pool)
-    missing = missing_features(EmbeddingStore(ws.embeddings, encoder_id), ids, base)
-    if missing:
-        if embed is None:
-            raise LabelError(f"{len(missing)} frames have no {'/'.join(base.tables())} features for encoder "
-                             f"{encoder_id}: {_first(missing)} (fth embed them first)")  # fmt: skip
-        report(f"embedding {len(missing)} frames for encoder {encoder_id} (tables {base.tables()})")
-        embed([(i, index.path(i)) for i in missing], base)
-        still = missing_features(EmbeddingStore(ws.embeddings, encoder_id), missing, base)
-        if still:
-            raise LabelError(f"{len(still)} of {len(missing)} frames could not be embedded: {_first(still)}")
-    x, _ = read_features(EmbeddingStore(ws.embeddings, encoder_id), ids, base)
-    return x
+    return stored_features(ws, index, encoder_id, ids, base, embed, report)[0]

@@ -172,6 +172,33 @@ def labelled(req: FitRequest, index, report: Callable[[str], None] = print) -> t
     return task, labels, fmt, labels_digest
 
 
+def stored_features(
+    ws, index, encoder_id: str, ids: list[str], recipe, embed: Embed | None,
+    report: Callable[[str], None] = print, what: str = "frames",
+) -> tuple[Any, Any, int]:  # fmt: skip
+    """Features of `ids` (in order) for `encoder_id` in `recipe`'s form -> (features, the recipe completed from them,
+    frames embedded). Frames the store lacks are embedded by `embed` first; without it they are an error naming
+    them (`what` says what the frames are)."""
+    from heads.join import read_features
+    from store.embeddings import EmbeddingStore
+
+    missing = missing_features(EmbeddingStore(ws.embeddings, encoder_id), ids, recipe)
+    embedded = 0
+    if missing:
+        if embed is None:
+            raise LabelError(f"{len(missing)} {what} have no {'/'.join(recipe.tables())} features for encoder "
+                             f"{encoder_id}: {_first(missing)} (fth embed them first)")  # fmt: skip
+        report(f"embedding {len(missing)} frames that have no features yet (encoder {encoder_id}, "
+               f"tables {recipe.tables()})")  # fmt: skip
+        embedded = embed([(i, index.path(i)) for i in missing], recipe)
+        still = missing_features(EmbeddingStore(ws.embeddings, encoder_id), missing, recipe)
+        if still:
+            raise LabelError(f"{len(still)} of {len(missing)} {what} could not be embedded (unreadable files?): "
+                             f"{_first(still)}")  # fmt: skip
+    x, recipe = read_features(EmbeddingStore(ws.embeddings, encoder_id), ids, recipe)
+    return x, recipe, embedded
+
+
 def run_fit(
     req: FitRequest,
     embed: Embed | None = None,
@@ -183,10 +210,9 @@ def run_fit(
     from fth.config import build
     from heads.artifact import save_head
     from heads.fit import FitConfig, predict_outputs
-    from heads.join import fit_from_labels, read_features
+    from heads.join import fit_from_labels
     from heads.plots import loss_curve
     from store.artifacts import Registry
-    from store.embeddings import EmbeddingStore
     from store.frame_index import FrameIndex
     from store.paths import Workspace
     from store.recipe import FeatureRecipe
@@ -205,22 +231,7 @@ def run_fit(
     pool = enc_card.config.get("encoder", {}).get("pool", "mean")
     recipe = FeatureRecipe(form, tuple(req.layers) if form == "grid" else (-1,), pool)  # type: ignore[arg-type]
     ids = index.in_capture_order(labels.ids)
-    store = EmbeddingStore(ws.embeddings, encoder_id)
-    missing = missing_features(store, ids, recipe)
-    embedded = 0
-    if missing:
-        if embed is None:
-            raise LabelError(f"{len(missing)} labelled frames have no {'/'.join(recipe.tables())} features for "
-                             f"encoder {encoder_id}: {_first(missing)} (fth embed them first)")  # fmt: skip
-        report(f"embedding {len(missing)} frames that have no features yet (encoder {encoder_id}, "
-               f"tables {recipe.tables()})")  # fmt: skip
-        embedded = embed([(i, index.path(i)) for i in missing], recipe)
-        still = missing_features(EmbeddingStore(ws.embeddings, encoder_id), missing, recipe)
-        if still:
-            raise LabelError(f"{len(still)} of {len(missing)} labelled frames could not be embedded (unreadable "
-                             f"files?): {_first(still)}")  # fmt: skip
-        store = EmbeddingStore(ws.embeddings, encoder_id)
-    x, recipe = read_features(store, ids, recipe)
+    x, recipe, embedded = stored_features(ws, index, encoder_id, ids, recipe, embed, report, "labelled frames")
     cfg = build(FitConfig, req.config or task.preset, req.overrides)
     times = [index.by_id[i].captured_at for i in ids]
     result = fit_from_labels(task, labels, ids, x, times, cfg, recipe)

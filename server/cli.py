@@ -200,8 +200,8 @@ def _rollback(args: argparse.Namespace) -> int:
 
 def _reload(args: argparse.Namespace) -> int:
     from server.swap import running
-    from store.artifacts import Registry
-    from store.release import ReleaseError, current
+    from store.artifacts import ArtifactError, Registry
+    from store.release import ReleaseError, served
 
     ws = _action_ws(args)
     if not running(ws):
@@ -209,11 +209,10 @@ def _reload(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 1
     try:
-        release = current(ws)
-    except ReleaseError as e:
+        encoder, _ = served(ws, Registry(ws.artifacts))
+    except (ReleaseError, ArtifactError) as e:
         print(f"fth serve reload: {e}", file=sys.stderr)
         return 1
-    encoder = release.encoder if release else Registry(ws.artifacts).newest("encoder").id
     return _switch(ws, encoder, args.wait, encoder)
 
 

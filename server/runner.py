@@ -24,7 +24,7 @@ from heads.artifact import TrainedHead, load_heads
 from server.config import ServeConfig
 from store.artifacts import Registry
 from store.paths import Workspace
-from store.release import Release, current
+from store.release import Release, served
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,11 @@ def served_set(cfg: ServeConfig, registry: Registry) -> tuple[str, list[str], bo
     `cfg.auto_heads`."""
     if cfg.encoder:
         return cfg.encoder, list(cfg.heads), cfg.auto_heads, None
-    release = current(Workspace.at(cfg.workspace))
+    hint = "; train one, promote one (fth serve promote) or pass --encoder"
+    encoder, release = served(Workspace.at(cfg.workspace), registry, hint)
     if release is not None:
-        return release.encoder, [*release.heads, *cfg.heads], False, release
-    newest = registry.newest("encoder", "; train one, promote one (fth serve promote) or pass --encoder").id
-    return newest, list(cfg.heads), cfg.auto_heads, None
+        return encoder, [*release.heads, *cfg.heads], False, release
+    return encoder, list(cfg.heads), cfg.auto_heads, None
 
 
 class Runner:

@@ -96,6 +96,13 @@ def current(ws: Workspace) -> Release | None:
     return Release.from_json(data) if data else None
 
 
+def served(ws: Workspace, registry: Registry, hint: str = "") -> tuple[str, Release | None]:
+    """(the encoder id the workspace serves, its release): the current release's encoder, else the newest registered
+    encoder (no release); none registered is an `ArtifactError` ending with `hint`."""
+    release = current(ws)
+    return (release.encoder, release) if release is not None else (registry.newest("encoder", hint).id, None)
+
+
 def history(ws: Workspace) -> list[Release]:
     """Earlier sets that `rollback` can return to, newest last."""
     return [Release.from_json(d) for d in _read(ws)["history"]]
