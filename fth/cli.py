@@ -42,6 +42,15 @@ def add_config_args(parser: argparse.ArgumentParser, default: str | None = None,
     )
 
 
+def subcommand_actions(sub: argparse._SubParsersAction, name: str) -> argparse._SubParsersAction | None:
+    """The ACTION subparsers of command `name` (e.g. `fth model`, `fth frames`), for a later module to add an action to
+    a command another package registers; None when that command is not there."""
+    cmd = sub.choices.get(name)
+    if cmd is None:
+        return None
+    return next((a for a in cmd._actions if isinstance(a, argparse._SubParsersAction)), None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fth", description="Livestream frames -> self-supervised encoder -> tiny task heads, served over HTTP."

@@ -13,18 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fth.cli import subcommand_actions
+
 WS_HELP = "workspace folder (default: $FTH_WORKSPACE or ./workspace)"
 
 
-def _model_actions(sub: argparse._SubParsersAction) -> argparse._SubParsersAction | None:
-    model = sub.choices.get("model")
-    if model is None:
-        return None
-    return next((a for a in model._actions if isinstance(a, argparse._SubParsersAction)), None)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    actions = _model_actions(sub)
+    actions = subcommand_actions(sub, "model")
     if actions is None:  # `fth model` is not there (encoder.cli missing): nothing to add to
         return
     p = actions.add_parser("init", help="register ENCODER's architecture at random init (seeded)")

@@ -6,9 +6,7 @@ fth frames verify [--source S] [--no-hash]      exit 1 when a file is missing/co
 fth frames export OUT.csv|OUT.txt [--source S] [--day D] [--no-stale] [--no-duplicates] [--absolute]
 fth frames recover [--no-hash]                  settle interrupted writes; remove rows of missing files, quarantine
                                                 corrupt files and orphans
-fth frames import PATH... [--source S] [--every SECONDS] [--times CSV] [--tz ZONE]
-                                                images (files, folders, globs), videos sampled every N s, or CSVs of
-                                                path,captured_at; idempotent, keeps the original paths for labels
+fth frames import PATH...                       images, videos, CSVs of path,captured_at (collector.cli adds it)
 fth frames sync --to OTHER | --from OTHER [--source S]     (also `fth sync`)
                                                 copy frames and rows between this workspace and another (each with its
                                                 own storage settings: local, PostgreSQL + S3), idempotent, verified
@@ -51,14 +49,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--no-hash", action="store_true", help="repair missing files only, without hashing every file")
     r.set_defaults(func=cmd_recover)
-    i = fs.add_parser("import", help="import images (files, folders, globs), videos, or a CSV of path,captured_at")
-    i.add_argument("paths", nargs="+", metavar="PATH")
-    i.add_argument("--source", default="import", help="source name the frames are filed under (default: import)")
-    i.add_argument("--every", type=float, default=10.0, help="seconds between frames sampled from a video (default 10)")
-    i.add_argument("--times", metavar="CSV", help="path,captured_at rows giving the capture times of the files")
-    i.add_argument("--tz", default="UTC", help="IANA zone of the source, and of times without an offset (default UTC)")
-    i.add_argument("--threads", type=int, default=8, help="files read and stored in parallel (default 8)")
-    i.set_defaults(func=cmd_import)
     sync_args(fs.add_parser("sync", help=SYNC_HELP))
     top = sub.add_parser("sync", help=f"{SYNC_HELP} (= fth frames sync)")
     top.add_argument("--workspace", default=None, help="data root (default: $FTH_WORKSPACE or ./workspace)")
@@ -191,78 +181,6 @@ def cmd_recover(args) -> int:
     print(f"rows removed for missing files: {repaired['missing']}; moved to quarantine/: "
           f"{repaired['corrupt']} corrupt, {repaired['orphans']} orphans")  # fmt: skip
     return 0
-
-
-def cmd_import(args) -> int:
-    import contextlib
-    import glob
-    import re
-    from pathlib import Path
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    from tqdm import tqdm
-
-    from store.backends import StorageError, describe, open_catalog
-    from store.importer import ImportInputError, import_frames, summary
-    from store.lock import Lease, SourceLeased, holder_name
-    from store.paths import Workspace
-
-    def usage(msg: str) -> int:
-        print(f"fth frames import: {msg}", file=sys.stderr)
-        return 2
-
-    if args.threads < 1:
-        return usage("--threads must be >= 1")
-    if not args.every > 0:
-        return usage(f"--every must be > 0 seconds, got {args.every}")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.source):
-        return usage(f"--source {args.source!r}: use letters, digits, '_', '.', '-'")
-    try:
-        ZoneInfo(args.tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        return usage(f"--tz {args.tz!r} is not an IANA time zone (e.g. Europe/Berlin)")
-    missing = [p for p in args.paths if not glob.has_magic(p) and not Path(p).exists()]
-    if missing:
-        return usage(f"{missing[0]}: no such file or folder")
-    ws = Workspace.at(args.workspace)
-    try:
-        cat = open_catalog(ws)
-    except (StorageError, OSError) as e:
-        return usage(str(e))
-    lease = Lease(cat, f"source:{args.source}", holder_name("fth frames import"))
-    try:
-        lease.acquire()
-    except SourceLeased as e:
-        cat.close()
-        print(f"fth frames import: {e}", file=sys.stderr)
-        return 1
-    with cat, contextlib.ExitStack() as stack, tqdm(unit="frame", desc="import") as bar:
-        stack.callback(lease.release)  # before the catalog closes
-        settled = cat.recover([args.source])  # what an import or collector of this source killed mid-write left
-        bar.write(f"into {describe(ws)}, source {args.source}")
-        if settled["rolled_back"] or settled["completed"]:
-            bar.write(f"settled interrupted writes: {settled['completed']} completed, {settled['rolled_back']} rolled "
-                      "back")  # fmt: skip
-
-        def total(n: int) -> None:
-            bar.total = n
-            bar.refresh()
-
-        try:
-            rep = import_frames(
-                cat, args.paths, args.source, args.every, args.tz, args.times, bar.update, total, args.threads
-            )
-        except ImportInputError as e:
-            bar.close()
-            return usage(str(e))
-        except Exception as e:  # noqa: BLE001 - storage down mid-import: one line, and what the user can rely on
-            bar.close()
-            print(f"fth frames import: stopped by {type(e).__name__}: {e}; every frame stored so far is complete, "
-                  "run the same command again to continue", file=sys.stderr)  # fmt: skip
-            return 1
-    for line in summary(rep):
-        print(line)
-    return 1 if rep.bad else 0
 
 
 def cmd_sync(args) -> int:
