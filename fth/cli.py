@@ -16,10 +16,11 @@ import sys
 from fth.config import ConfigError
 
 # Each module here adds its subcommands; a module that does not exist yet is skipped.
-# fth.model_init adds `init` to encoder.cli's `fth model`, so it comes after it.
+# fth.model_init adds `init` to encoder.cli's `fth model`, so it comes after it; fth.label_studio_cli adds `push` and
+# `pull` to fth.label_cli's `fth label`.
 CLI_MODULES = (
     "store.cli", "collector.cli", "encoder.cli", "server.cli", "fth.heads_cli", "fth.demo", "fth.drift",
-    "fth.model_init", "fth.eval", "fth.update",
+    "fth.model_init", "fth.eval", "fth.update", "fth.label_cli", "fth.label_studio_cli",
 )  # fmt: skip
 
 

@@ -63,15 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--workspace", default=None, help=WS_HELP)
     ls.set_defaults(func=cmd_list)
 
+    from fth.label_cli import add_select_args, cmd_select  # the one selection path (fth label select)
+
     ex = hs.add_parser("export", help="choose frames to label and write them as Label Studio tasks")
-    ex.add_argument("--count", type=int, required=True)
-    ex.add_argument("--method", default="kcenter", choices=["kcenter", "random"])
-    ex.add_argument("--out", required=True, help="tasks JSON to write")
-    ex.add_argument("--encoder", default="", help="encoder whose pooled embeddings k-center uses (default newest)")
-    ex.add_argument("--source", help="only frames of this catalog source")
-    ex.add_argument("--seed", type=int, default=0)
-    ex.add_argument("--workspace", default=None, help=WS_HELP)
-    ex.set_defaults(func=cmd_export)
+    add_select_args(ex)
+    ex.set_defaults(func=cmd_select)
 
     pr = hs.add_parser("predict", help="run a registered head on image files")
     pr.add_argument("--head", required=True, help="head id (or unique prefix, or artifact folder)")
@@ -209,37 +205,6 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("no heads registered")
         return 0
     print(_table(("id", "name", "task", "encoder", "metric vs baseline", "features", "created"), rows))
-    return 0
-
-
-@_guard
-def cmd_export(args: argparse.Namespace) -> int:
-    from heads.pipeline import missing_features, newest_encoder
-    from heads.select import export_batch
-    from store.artifacts import Registry
-    from store.embeddings import EmbeddingStore
-    from store.frame_index import FrameIndex
-    from store.paths import Workspace
-    from store.recipe import FeatureRecipe
-
-    ws = Workspace.at(args.workspace)
-    cat = FrameIndex(ws.root, ws.catalog, args.source)
-    ids, paths = [r.id for r in cat.rows], [r.path for r in cat.rows]
-    if not ids:
-        raise ValueError(f"no frames in the catalog{' for source ' + args.source if args.source else ''}")
-    embeddings, encoder_id = None, None
-    if args.method == "kcenter":
-        registry = Registry(ws.artifacts)
-        encoder_id = registry.card(args.encoder).id if args.encoder else newest_encoder(registry)
-        recipe = FeatureRecipe("pooled")
-        missing = missing_features(EmbeddingStore(ws.embeddings, encoder_id), ids, recipe)
-        if missing:
-            print(f"embedding {len(missing)} frames that have no pooled features yet (encoder {encoder_id})")
-            embed_step(args.workspace, encoder_id)([(i, cat.path(i)) for i in missing], recipe)
-        embeddings = EmbeddingStore(ws.embeddings, encoder_id).get(ids, "pooled")
-    chosen = export_batch(args.out, ids, paths, args.count, args.method, embeddings, seed=args.seed)
-    how = f"k-center over {encoder_id} pooled embeddings" if encoder_id else "at random"
-    print(f"wrote {len(chosen)} of {len(ids)} frames ({how}) as Label Studio tasks to {args.out}")
     return 0
 
 
