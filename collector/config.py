@@ -60,6 +60,10 @@ class SourceConfig:
     `width`/`height`: 0/0 keeps the source size; only `width` (or `height`) keeps the aspect; both give a fixed
     HxW. `keyframes_only` decodes keyframes only (`-skip_frame nokey`): ~10x cheaper when sampling slower than the
     keyframe interval, but samples land on keyframes. `stall_timeout_s` 0 means max(3 x interval, 15 s).
+    `resume_s`: an HLS source (re)started at most this many seconds after its newest stored frame does not start at
+    the live edge but far enough back in the live playlist to collect what was published while it was down (a crash,
+    a restart, a stalled ffmpeg); frames already stored have the same content id and are not stored twice. 0 always
+    starts at the live edge.
     """
 
     id: str = ""
@@ -81,6 +85,7 @@ class SourceConfig:
     expiry_margin_s: float = 600.0  # re-resolve this long before a signed URL's `expire`
     flat_std: float = 2.0  # a frame whose pixel std is below this is a flat error frame, not stored
     near_duplicate: float = 0.0  # mean abs diff (0-255) to the previous frame at or below which duplicate_of is set
+    resume_s: float = 300.0  # HLS: restarted within this long of the newest stored frame, replay the playlist window
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     sim: SimConfig = field(default_factory=SimConfig)
 
@@ -124,6 +129,8 @@ def validate(cfg: CollectorConfig) -> CollectorConfig:
             raise ConfigError(f"{where}.url is empty (only kind: sim needs no url)")
         if src.interval_s <= 0:
             raise ConfigError(f"{where}.interval_s must be > 0")
+        if src.resume_s < 0:
+            raise ConfigError(f"{where}.resume_s must be >= 0")
         if not 1 <= src.jpeg_quality <= 100:
             raise ConfigError(f"{where}.jpeg_quality must be in 1..100")
         try:

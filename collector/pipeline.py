@@ -32,8 +32,10 @@ from fth.procs import terminate_group
 log = logging.getLogger(__name__)
 
 
-def build_args(src: SourceConfig, resolved: Resolved, exe: str | None = None) -> list[str]:
-    """The ffmpeg command line for one source: input options, select + scale filters, BMP frames on stdout."""
+def build_args(src: SourceConfig, resolved: Resolved, exe: str | None = None, live_start_index: int = -1) -> list[str]:
+    """The ffmpeg command line for one source: input options, select + scale filters, BMP frames on stdout.
+    `live_start_index`: the HLS segment to start at, counted from the live edge (-1: the newest); the supervisor
+    starts further back after a restart (`SourceConfig.resume_s`)."""
     opts: dict = {}
     url = resolved.url
     if src.keyframes_only:
@@ -43,7 +45,7 @@ def build_args(src: SourceConfig, resolved: Resolved, exe: str | None = None) ->
         if resolved.kind in ("hls", "sim") or ".m3u8" in url:
             hold = src.hold_counters or max(3, int(src.stall_timeout))
             opts["m3u8_hold_counters"] = hold
-            opts["live_start_index"] = -1  # start at the live edge, not with a burst of older segments
+            opts["live_start_index"] = live_start_index  # -1: the live edge, not a burst of older segments
         if resolved.headers:
             opts["headers"] = "".join(f"{k}: {v}\r\n" for k, v in resolved.headers.items())
     elif resolved.kind == "rtsp" and url.startswith(("rtsp://", "rtsps://")):

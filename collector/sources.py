@@ -8,6 +8,7 @@ issue, after which every request is a 403): the supervisor re-resolves before it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -120,3 +121,40 @@ def resolve(src: SourceConfig, sim_url: str | None = None) -> Resolved:
             raise ResolveError(f"source {src.id}: no such file {path}")
         return Resolved(path, "file", is_live=False)
     return Resolved(src.url, kind, expires_at=url_expiry(src.url))
+
+
+def playlist_durations(resolved: Resolved, timeout: float = 5.0) -> list[float] | None:
+    """The segment durations (#EXTINF, oldest first) of a live HLS media playlist, or None when it cannot be read or
+    is not a media playlist (a master playlist lists variants, not segments)."""
+    import requests
+
+    try:
+        resp = requests.get(resolved.url, headers=resolved.headers, timeout=timeout)
+        resp.raise_for_status()
+    except requests.RequestException as e:
+        log.warning("event=playlist_unreadable url=%s error=%s", resolved.url, e)
+        return None
+    durations = []
+    for line in resp.text.splitlines():
+        if line.startswith("#EXTINF:"):
+            with contextlib.suppress(ValueError):
+                durations.append(float(line[8:].split(",")[0]))
+    return durations or None
+
+
+def resume_start_index(durations: list[float], behind_s: float) -> int:
+    """ffmpeg's `live_start_index` (negative: counted from the live edge) for a restart `behind_s` seconds after the
+    newest stored frame was received: far enough back to hold twice that, and at least 10 s more, because that frame
+    was received some unknown time after it was published (a busy collector runs behind the live edge). Replaying
+    frames already stored costs a decode each (their content ids are known); a lost frame cannot be had back.
+    An index before the oldest segment starts at the oldest one (ffmpeg clamps it). 0 s behind: the live edge."""
+    if behind_s <= 0:
+        return -1
+    want = max(2 * behind_s, behind_s + 10.0)
+    covered, k = 0.0, 0
+    for d in reversed(durations):
+        if covered >= want:
+            break
+        covered += d
+        k += 1
+    return -(k + (covered < want))

@@ -14,11 +14,12 @@ import logging
 import random
 import threading
 import time
+from datetime import datetime
 
 from collector.config import CollectorConfig, SourceConfig
 from collector.pipeline import FFmpegProcess, build_args
 from collector.sink import FrameSink
-from collector.sources import Resolved, ResolveError, detect_kind, resolve
+from collector.sources import Resolved, ResolveError, detect_kind, playlist_durations, resolve, resume_start_index
 from collector.status import SourceStats
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class SourceSupervisor(threading.Thread):
             self.stats.count("errors", str(e))
             log.warning("event=resolve_failed source=%s error=%s", self.src.id, e)
             return "resolve_failed"
-        args = build_args(self.src, resolved)
+        args = build_args(self.src, resolved, live_start_index=self._start_index(resolved))
         proc = FFmpegProcess(args, self.sink.handle, self.src.id)
         self.proc = proc
         frames_before = self.sink.stats.counts["stored"]
@@ -128,6 +129,35 @@ class SourceSupervisor(threading.Thread):
             if outcome == "url_gone" or self.kind == "ytdlp":
                 self._resolved = None
         return outcome
+
+    def _start_index(self, resolved: Resolved) -> int:
+        """Where in a live HLS playlist to start: the live edge (-1), or, when this source's newest stored frame is at
+        most `resume_s` old (a restart after a crash or a stall), as far back as that frame, so the frames published
+        meanwhile are collected; the ones already stored come again with the same content id and are not stored twice.
+        A failed lookup starts at the live edge: resuming must never stop collection."""
+        hls = resolved.kind in ("hls", "sim") or ".m3u8" in resolved.url
+        if not (hls and resolved.url.startswith(("http://", "https://")) and self.src.resume_s > 0):
+            return -1
+        try:
+            last = self.sink.catalog.last_frame(self.src.id)
+        except Exception as e:  # a catalog hiccup: collect from the live edge rather than not at all
+            log.warning("event=resume_unknown source=%s error=%s", self.src.id, e)
+            return -1
+        if last is None:
+            return -1
+        behind = time.time() - datetime.fromisoformat(last.captured_at).timestamp()
+        if not 0 < behind <= self.src.resume_s:
+            return -1
+        durations = playlist_durations(resolved)
+        if durations is None:
+            return -1
+        index = resume_start_index(durations, behind)
+        window = sum(durations)
+        if window < behind:
+            self.stats.count("errors", f"down {behind:.0f} s, longer than the playlist's {window:.0f} s: frames lost")
+        log.info("event=resume source=%s behind_s=%.1f window_s=%.1f live_start_index=%d", self.src.id, behind, window,
+                 index)  # fmt: skip
+        return index
 
     def _watch(self, proc: FFmpegProcess, resolved: Resolved) -> str:
         stall = self.src.stall_timeout

@@ -13,7 +13,7 @@ import pytest
 
 from collector.config import CollectorConfig, SimConfig, SourceConfig
 from collector.daemon import Collector
-from collector.sources import detect_kind, resolve_ytdlp, url_expiry
+from collector.sources import Resolved, detect_kind, playlist_durations, resolve_ytdlp, resume_start_index, url_expiry
 from store.catalog import Catalog
 from tests.collector_helpers import FaultServer, Publisher, collector_ffmpegs, wait_for
 
@@ -42,6 +42,18 @@ def test_detect_kind_and_expiry():
     assert url_expiry("https://x.googlevideo.com/videoplayback/expire/1767225600/ei/abc/index.m3u8") == 1767225600
     assert url_expiry("https://x/y.m3u8?expire=1767225600&sig=1") == 1767225600
     assert url_expiry("https://x/y.m3u8") is None
+
+
+def test_resume_starts_as_far_back_as_the_newest_stored_frame(live):
+    pub, srv = live
+    assert wait_for(lambda: ".ts" in (pub.folder / "index.m3u8").read_text(), 15, 0.1)
+    durations = playlist_durations(Resolved(srv.url("index.m3u8"), "hls"))  # a real ffmpeg HLS playlist on loopback
+    assert durations and all(0 < d <= 2.5 for d in durations), durations
+    assert resume_start_index([1.0] * 6, 0.0) == -1  # nothing to catch up: the live edge
+    assert resume_start_index([1.0] * 30, 2.5) == -13  # 2.5 s + 10 s of margin: 13 one-second segments
+    assert resume_start_index([2.0] * 30, 20.0) == -20  # twice the 20 s: 20 two-second segments
+    assert resume_start_index([1.0] * 6, 60.0) == -7  # more than the window: from the oldest (ffmpeg clamps)
+    assert playlist_durations(Resolved(srv.url("nothing.m3u8"), "hls")) is None
 
 
 def test_hls_frames_rows_status_metrics(live, workspace):
