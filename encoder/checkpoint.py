@@ -51,9 +51,7 @@ def load_encoder(ref: str | Path, registry: Registry | None = None, device: str 
     The model comes back in eval mode; an unknown id or a non-encoder artifact raises `ArtifactError`.
     """
     registry = registry or Registry(Workspace.at().artifacts)
-    weights, card = registry.load(ref)
-    if card.kind != KIND:
-        raise ArtifactError(f"{card.id} is a {card.kind!r} artifact, not an encoder")
+    weights, card = registry.load(registry.card(ref, KIND).path)
     model = ViT(from_dict(ViTConfig, card.config["encoder"], source=f"{card.path}/card.json"))
     model.load_state_dict(weights, strict=True)
     return model.eval().to(device), card
@@ -152,11 +150,9 @@ def warm_start(mae: torch.nn.Module, ref: str | Path, registry: Registry, device
     path or None, "decoder_note": why not}. Raises `InitError` naming the first parameter that does not fit.
     """
     try:
-        weights, card = registry.load(ref)
+        weights, card = registry.load(registry.card(ref, KIND).path)
     except ArtifactError as e:
         raise InitError(f"--init {ref}: {e}") from None
-    if card.kind != KIND:
-        raise InitError(f"--init {ref}: {card.id} is a {card.kind!r} artifact, not an encoder")
     problem = _state_mismatch(mae.encoder.state_dict(), weights, "encoder.")
     if problem:
         diff = _config_diff(to_dict(mae.cfg.encoder), card.config.get("encoder", {}))

@@ -219,10 +219,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.seeds < 1:
             raise ValueError("--seeds must be at least 1")
         registry = Registry(ws.artifacts)
-        encoders = [registry.card(e).id for e in args.encoder] or [newest_encoder(registry)]
-        for e in encoders:
-            if registry.card(e).kind != "encoder":
-                raise ArtifactError(f"--encoder {e} is a {registry.card(e).kind!r} artifact, not an encoder")
+        encoders = [registry.card(e, "encoder", "--encoder").id for e in args.encoder] or [newest_encoder(registry)]
         out = Path(args.out) if args.out else ws.root / "eval"
         out.mkdir(parents=True, exist_ok=True)
         docs = []

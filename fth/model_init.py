@@ -38,11 +38,8 @@ def random_init_like(registry, like: str, seed: int = 0, name: str | None = None
     from encoder.config import ViTConfig
     from encoder.vit import ViT
     from fth.config import from_dict
-    from store.artifacts import ArtifactError
 
-    card = registry.card(like)
-    if card.kind != KIND:
-        raise ArtifactError(f"--like {like}: {card.id} is a {card.kind!r} artifact, not an encoder")
+    card = registry.card(like, KIND, "--like")
     cfg = from_dict(ViTConfig, card.config["encoder"], source=f"{card.path}/card.json")
     torch.manual_seed(seed)
     model = ViT(cfg).eval()

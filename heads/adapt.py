@@ -247,7 +247,7 @@ def run_adapt(
 
     ws = Workspace.at(workspace)
     registry = Registry(ws.artifacts)
-    old_card, new_card = encoder_card(registry, old, "--from"), encoder_card(registry, new, "--to")
+    old_card, new_card = registry.card(old, "encoder", "--from"), registry.card(new, "encoder", "--to")
     old, new = old_card.id, new_card.id
     if old == new:
         raise ValueError(f"--from and --to are the same encoder {old}")
@@ -307,10 +307,3 @@ def run_adapt(
         f.write(json.dumps(doc, indent=1, default=float) + "\n")
     doc["path"] = str(folder / "adapt.json")
     return doc
-
-
-def encoder_card(registry: Registry, ref: str, flag: str) -> Card:
-    card = registry.card(ref)
-    if card.kind != "encoder":
-        raise ValueError(f"{flag} {ref}: {card.id} is a {card.kind!r} artifact, not an encoder")
-    return card

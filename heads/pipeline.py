@@ -220,9 +220,7 @@ def run_fit(
     ws = Workspace.at(req.workspace)
     registry = Registry(ws.artifacts)
     encoder_id = registry.card(req.encoder).id if req.encoder else newest_encoder(registry)
-    enc_card = registry.card(encoder_id)
-    if enc_card.kind != "encoder":
-        raise LabelError(f"--encoder {req.encoder}: {enc_card.id} is a {enc_card.kind!r} artifact, not an encoder")
+    enc_card = registry.card(encoder_id, "encoder", "--encoder")
     index = FrameIndex(ws.root, ws.catalog, req.source)
     task, labels, fmt, labels_digest = labelled(req, index, report)
     form = task.default_form if req.features == "auto" else req.features

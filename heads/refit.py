@@ -54,7 +54,7 @@ def run_refit(
         shuffle_labels: refit on labels permuted among frames (a control the gate must refuse).
         embed_for: encoder id -> its embed step (None: every feature must already be stored).
     """
-    from heads.adapt import encoder_card, find_adapter
+    from heads.adapt import find_adapter
     from heads.artifact import KIND as HEAD
     from heads.artifact import load_head
     from heads.fit import predict_outputs
@@ -67,12 +67,12 @@ def run_refit(
     gate = gate or GateConfig()
     ws = Workspace.at(workspace)
     registry = Registry(ws.artifacts)
-    new = encoder_card(registry, new, "--encoder").id
+    new = registry.card(new, "encoder", "--encoder").id
     if old is None:
         old = parent_encoder(registry.card(new))
         if old is None:
             raise ValueError(f"encoder {new}'s card names no parent encoder: pass --from OLD")
-    old = encoder_card(registry, old, "--from").id
+    old = registry.card(old, "encoder", "--from").id
     if old == new:
         raise ValueError(f"--from and --encoder are the same encoder {old}")
     folder = Path(out) if out else ws.root / "updates" / f"{old}-to-{new}"

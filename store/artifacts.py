@@ -138,9 +138,14 @@ class Registry:
         hint = "ambiguous prefix" if matches else "not found"
         raise ArtifactError(f"artifact {ref!r}: {hint} in {self.root} (registered: {known})")
 
-    def card(self, ref: str | Path) -> Card:
+    def card(self, ref: str | Path, kind: str | None = None, flag: str = "") -> Card:
+        """The card of `ref` (id, unique id prefix or artifact folder). With `kind`, an artifact of another kind is an
+        ArtifactError naming both (`flag`, e.g. `--encoder`, says which argument named it)."""
         path = self.path_of(ref)
         data = json.loads((path / CARD).read_text())
+        if kind is not None and data["kind"] != kind:
+            where = f"{flag} {ref}: " if flag else ""
+            raise ArtifactError(f"{where}{data['id']} is a {data['kind']!r} artifact, not {_article(kind)} {kind}")
         return Card(
             data["id"],
             data["kind"],
@@ -180,3 +185,7 @@ class Registry:
         pattern = f"{kind}/*/{CARD}" if kind else f"*/*/{CARD}"
         cards = [self.card(p.parent) for p in self.root.glob(pattern)]
         return sorted(cards, key=lambda c: (c.created, c.id))
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"

@@ -68,6 +68,11 @@ def test_unknown_ids_and_paths_are_clear_errors(tmp_path):
         reg.load("head-ab")  # too short to be a prefix
     with pytest.raises(ArtifactError, match="not an artifact id"):
         reg.load("head-")
+    assert reg.card(card.id, "head") == card
+    with pytest.raises(
+        ArtifactError, match=rf"^--encoder {card.id[:12]}: {card.id} is a 'head' artifact, not an encoder$"
+    ):
+        reg.card(card.id[:12], "encoder", "--encoder")  # the one kind check every --encoder/--init/--like goes through
 
 
 def test_newest_of_a_kind_and_a_clear_error_when_none(tmp_path):
