@@ -24,6 +24,7 @@ from fth.procs import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / "tools" / "label-studio" / ".venv" / "bin" / "label-studio"
+TEMPLATE = REPO / "tools" / "label-studio" / ".venv" / "fth-template" / "label_studio.sqlite3"  # made by the Makefile
 
 
 class LabelStudioServer:
@@ -48,6 +49,8 @@ class LabelStudioServer:
         cmd = [str(BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(self.port),
                "--username", self.email, "--password", self.password]  # fmt: skip
         t0 = time.monotonic()
+        if TEMPLATE.is_file():  # an empty, migrated database: the server skips its migrations
+            shutil.copyfile(TEMPLATE, self.dir / TEMPLATE.name)
         self._log = open(self.dir / "server.log", "wb")  # noqa: SIM115 - lives as long as the server process
         self.proc = subprocess.Popen(cmd, cwd=self.dir, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)  # fmt: skip
