@@ -146,6 +146,9 @@ def cmd_push(args: argparse.Namespace) -> int:
     in_label_set = {str(t["data"]["frame_id"]) for t in read_label_set(Path(labels)) if labels.endswith(".json")
                     and t.get("data", {}).get("frame_id")} if Path(labels).is_file() else set()  # fmt: skip
     extra = {} if args.method in ("kcenter", "random") else {"task": args.task, "labels": labels}
+    if extra and not Path(labels).exists():
+        raise ValueError(f"--method {args.method} learns from labels and there are none yet at {labels}: push a first "
+                         f"batch with --method kcenter (or random), label and pull it, or pass --labels")  # fmt: skip
     sel = choose(args.workspace, args.count, args.method, encoder=args.encoder, source=args.source,
                  labelled=sorted(in_project | in_label_set), seed=args.seed, **extra)  # fmt: skip
     ids = [f for f in sel.frame_ids if f not in in_project]  # choose already skips them; never a duplicate task
