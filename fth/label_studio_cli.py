@@ -1,7 +1,7 @@
 """`fth label push` and `fth label pull`: a live labelling loop against a running Label Studio.
 
     fth label push --url URL --project NAME --task T --count 50 --method hybrid --frames-url SERVE_URL
-                   [--labels L] [--encoder ID] [--source S] [--token TOKEN] [--url-days 14]
+                   [--labels L] [--encoder ID] [--source S] [--token TOKEN] [--url-days 14] [--refresh-urls]
     fth label pull --url URL --project NAME [--task T] [--out LABELS] [--refit] [--encoder ID] [--token TOKEN]
 
 push chooses frames through `fth.label_cli.choose` (the one selection path), skipping frames the project or the
@@ -53,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     push.add_argument("--frames-url", required=True, help="base URL of `fth serve` as the labeller's browser reaches "
                       "it; images are signed, expiring links to its /v1/frames endpoint")  # fmt: skip
     push.add_argument("--url-days", type=float, default=14.0, help="days the image links stay valid (default 14)")
+    push.add_argument("--refresh-urls", action="store_true", help="also renew the image links of the project's "
+                      "tasks (with --count 0: only that)")  # fmt: skip
     push.set_defaults(func=cmd_push)
 
     pull = actions.add_parser("pull", help="fetch finished annotations into the workspace's label set")
@@ -140,8 +142,16 @@ def cmd_push(args: argparse.Namespace) -> int:
     project = client.project(args.project)
     if project is not None:
         check_project(project, args.task)
-    in_project = {str(t["data"]["frame_id"]) for t in client.tasks(project["id"]) if t.get("data", {}).get("frame_id")
-                  } if project else set()  # fmt: skip
+    existing = [t for t in client.tasks(project["id"]) if t.get("data", {}).get("frame_id")] if project else []
+    in_project = {str(t["data"]["frame_id"]) for t in existing}
+    key, ttl = secret(ws.root), args.url_days * 86400
+    if args.refresh_urls:  # re-sign the images of the tasks already there (their links expire)
+        for t in existing:
+            data = {**t["data"], "image": signed_url(args.frames_url, key, str(t["data"]["frame_id"]), ttl)}
+            client.request("PATCH", f"/api/tasks/{t['id']}/", json={"data": data})
+        print(f"project {args.project!r}: image links of {len(existing)} tasks renewed for {args.url_days:g} days")
+    if args.count == 0 and args.refresh_urls:
+        return 0
     labels = args.labels or str(label_set_path(args.workspace, args.task))
     in_label_set = {str(t["data"]["frame_id"]) for t in read_label_set(Path(labels)) if labels.endswith(".json")
                     and t.get("data", {}).get("frame_id")} if Path(labels).is_file() else set()  # fmt: skip
@@ -154,7 +164,6 @@ def cmd_push(args: argparse.Namespace) -> int:
     ids = [f for f in sel.frame_ids if f not in in_project]  # choose already skips them; never a duplicate task
     index = FrameIndex(ws.root, ws.catalog, args.source)
     head_id, answers = predictions(args, ws, index, ids, sel.encoder)
-    key, ttl = secret(ws.root), args.url_days * 86400
     tasks = []
     for rank, fid in enumerate(ids):
         row = index.by_id[fid]
@@ -171,7 +180,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     print(f"chose {sel.describe()}")
     print(f"project {args.project!r} (id {project['id']}, {'created' if created_project else 'reused'}): "
           f"{created} tasks created, {len(sel.frame_ids) - len(ids)} already there skipped, "
-          f"{len(in_project)} there before; {len(in_label_set)} label set frames not chosen")  # fmt: skip
+          f"{len(in_project)} there before; {len(in_label_set)} frames of the label set left out")  # fmt: skip
     print(f"pre-annotations: {f'head {head_id}' if head_id else 'none (no head of this task on the encoder)'}")
     return 0
 

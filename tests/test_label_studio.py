@@ -124,6 +124,14 @@ def test_push_annotate_pull_refit(capsys, label_studio, ws):
     preds = client.request("GET", f"/api/tasks/{new[0]['id']}/")["predictions"]
     assert preds[0]["model_version"] == head_id and preds[0]["result"][0]["from_name"] == "people_count"
 
+    code, out, err = push(capsys, label_studio, ws, "counts", "--count", "0", "--refresh-urls", "--url-days", "30")
+    assert code == 0 and "image links of 12 tasks renewed for 30 days" in out and "created" not in out, err
+    for t in project_tasks(client, "counts"):
+        q = parse_qs(urlparse(t["data"]["image"]).query)
+        assert int(q["exp"][0]) > time.time() + 29 * 86400 and check(key, t["data"]["frame_id"], q["exp"][0],
+                                                                     q["sig"][0]) is None  # fmt: skip
+    assert len(project_tasks(client, "counts")) == 12
+
 
 def test_time_of_day_labels(capsys, label_studio, ws):
     client = LabelStudio(label_studio.url, label_studio.token)
