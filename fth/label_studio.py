@@ -130,6 +130,6 @@ def _json(r: requests.Response) -> Any:
 
 def _detail(r: requests.Response) -> str:
     body = _json(r)
-    detail = body.get("detail") or body.get("validation_errors") if isinstance(body, dict) else None
-    text = str(detail) if detail else r.text[:200]
+    parts = [body.get("detail"), body.get("validation_errors")] if isinstance(body, dict) else []
+    text = " ".join(str(p) for p in parts if p) or r.text[:200]
     return " ".join(text.split()) or r.reason

@@ -176,7 +176,12 @@ def cmd_push(args: argparse.Namespace) -> int:
     created_project = project is None
     if created_project:
         project = client.create_project(args.project, config, f"fth {args.task} labels, pushed by fth label push")
-    created = client.import_tasks(project["id"], tasks) if tasks else 0
+    try:
+        created = client.import_tasks(project["id"], tasks) if tasks else 0
+    except ValueError:
+        if created_project:  # nothing half-made: a project this push created goes again with its failed import
+            client.request("DELETE", f"/api/projects/{project['id']}/")
+        raise
     print(f"chose {sel.describe()}")
     print(f"project {args.project!r} (id {project['id']}, {'created' if created_project else 'reused'}): "
           f"{created} tasks created, {len(sel.frame_ids) - len(ids)} already there skipped, "
