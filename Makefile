@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 STAMP := $(VENV)/.fth-installed
 
-.PHONY: env demo test lint format bench clean postgres
+.PHONY: env demo test lint format bench clean postgres label-studio
 
 env: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml uv.lock
 demo: $(STAMP)
 	$(BIN)/fth demo
 
-test: $(STAMP) postgres
+test: $(STAMP) postgres label-studio
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
@@ -31,6 +31,22 @@ postgres:
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && export DEBIAN_FRONTEND=noninteractive && \
 	    apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; } || \
 	  echo "note: no PostgreSQL server binaries (apt-get install postgresql): the PostgreSQL tests will be skipped"
+
+# tests/test_label_studio.py starts a real Label Studio on loopback. It is ~800 MB and pins its own Django stack, so it
+# gets its own locked environment (tools/label-studio/uv.lock) in tools/label-studio/.venv, never fth's. An empty,
+# migrated database is kept there as a template (`label-studio version` applies the migrations and exits), so each
+# test session's server skips the migrations (about half its start-up).
+LS_STAMP := tools/label-studio/.venv/.fth-installed
+LS_TEMPLATE := tools/label-studio/.venv/fth-template
+
+label-studio: $(LS_STAMP)
+
+$(LS_STAMP): tools/label-studio/pyproject.toml tools/label-studio/uv.lock
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	$(UV) sync --project tools/label-studio --frozen --python $(PYTHON)
+	rm -rf $(LS_TEMPLATE) && mkdir -p $(LS_TEMPLATE)
+	cd $(LS_TEMPLATE) && LABEL_STUDIO_BASE_DATA_DIR=$$PWD LATEST_VERSION_CHECK=false ../bin/label-studio version >/dev/null
+	@touch $@
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -46,4 +62,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/encoder.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) tools/label-studio/.venv .pytest_cache .ruff_cache

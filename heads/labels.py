@@ -304,6 +304,18 @@ def _ls_value(results: list[dict[str, Any]], task: str, from_name: str | None) -
     return None
 
 
+def latest_annotation(t: dict[str, Any], task: str, from_name: str | None = None) -> tuple[dict | None, Any]:
+    """A Label Studio task -> (its latest non-cancelled annotation that holds a `task` label, that label), or
+    (None, None) when no annotation holds one yet."""
+    anns = [a for a in t.get("annotations", []) if not a.get("was_cancelled")]
+    anns.sort(key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id", 0)))
+    for a in reversed(anns):
+        value = _ls_value(a.get("result", []), task, from_name)
+        if value is not None:
+            return a, value
+    return None, None
+
+
 def read_label_studio(
     path: str | Path,
     task: str = "people_count",
@@ -317,12 +329,23 @@ def read_label_studio(
     tasks = json.loads(path.read_text())
     if not isinstance(tasks, list):
         raise LabelError(f"{path}: expected a Label Studio JSON export (a list of tasks)")
+    return label_studio_labels(tasks, task, str(path), from_name, resolver, known, unknown)
+
+
+def label_studio_labels(
+    tasks: list[dict[str, Any]],
+    task: str,
+    source: str,
+    from_name: str | None = None,
+    resolver: Resolver | None = None,
+    known: Container[str] | None = None,
+    unknown: str = "error",
+) -> LabelSet:
+    """Label Studio tasks (an export file's, or a live project's) -> LabelSet keyed by our frame id (`data.frame_id`,
+    else `data.path` resolved); `source` names them in errors."""
     keys, values, skipped, keyless = [], [], 0, []
     for t in tasks:
-        anns = [a for a in t.get("annotations", []) if not a.get("was_cancelled")]
-        anns.sort(key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id", 0)))
-        value = next((v for a in reversed(anns) if (v := _ls_value(a.get("result", []), task, from_name)) is not None),
-                     None)  # fmt: skip
+        _, value = latest_annotation(t, task, from_name)
         if value is None:
             skipped += 1
             continue
@@ -336,18 +359,52 @@ def read_label_studio(
             continue
         values.append(value)
     if keyless:
-        raise LabelError(f"{path}: {len(keyless)} annotated tasks carry neither data.frame_id nor data.path: "
+        raise LabelError(f"{source}: {len(keyless)} annotated tasks carry neither data.frame_id nor data.path: "
                          f"{_first(keyless)}")  # fmt: skip
     if skipped:
-        log.info("%s: %d of %d tasks have no usable %s annotation, skipped", path, skipped, len(tasks), task)
+        log.info("%s: %d of %d tasks have no usable %s annotation, skipped", source, skipped, len(tasks), task)
     paths = [k for kind, k in keys if kind == "path"]
-    resolved = iter(resolve_keys(paths, resolver, str(path)) if paths else [])
+    resolved = iter(resolve_keys(paths, resolver, source) if paths else [])
     ids = [k if kind == "id" else next(resolved) for kind, k in keys]
-    return finish(ids, values, str(path), known, unknown)
+    return finish(ids, values, source, known, unknown)
 
 
 def label_studio_results(task: str, value: Any) -> list[dict[str, Any]]:
-    """The result list an annotator's answer produces in our labelling config (used to build exports in tests)."""
+    """The result list an annotator's answer produces in our labelling config (`LABEL_CONFIGS`): what a labeller
+    submits, and what a head's answer is pre-annotated as."""
     if task == "time_of_day" and isinstance(value, str):
         return [{"from_name": task, "to_name": "image", "type": "textarea", "value": {"text": [value]}}]
     return [{"from_name": task, "to_name": "image", "type": "number", "value": {"number": value}}]
+
+
+# Our Label Studio labelling configs (labelstud.io/tags): the image is `data.image`, the control is named after the
+# task, so `_ls_value(..., from_name=task)` reads exactly our control. Counts are integers a labeller types (a head's
+# float count is pre-annotated rounded); a time of day is typed as HH:MM (the time_of_day task's textarea form).
+LABEL_CONFIGS = {
+    "people_count": ("Number", """<View>
+  <Image name="image" value="$image"/>
+  <Header value="How many people are in the frame?"/>
+  <Number name="people_count" toName="image" min="0" step="1" required="true"/>
+</View>"""),
+    "time_of_day": ("TextArea", """<View>
+  <Image name="image" value="$image"/>
+  <Header value="Local time of day at the camera (HH:MM)"/>
+  <TextArea name="time_of_day" toName="image" maxSubmissions="1" required="true"/>
+</View>"""),
+}  # fmt: skip
+
+
+def label_studio_config(task: str) -> tuple[str, str]:
+    """(control type, labelling config XML) of `task`; LabelError for a task without one."""
+    if task not in LABEL_CONFIGS:
+        raise LabelError(f"no Label Studio labelling config for task {task!r}; supported: {', '.join(LABEL_CONFIGS)}")
+    return LABEL_CONFIGS[task]
+
+
+def label_studio_prediction(task: str, answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """A head's served answer (`Task.decode`) -> pre-annotation results in our labelling config."""
+    if task == "people_count":
+        return label_studio_results(task, max(0, round(float(answer["count"]))))
+    if task == "time_of_day":
+        return label_studio_results(task, str(answer["time"])[:5])
+    raise LabelError(f"no Label Studio pre-annotation for task {task!r}")

@@ -21,6 +21,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from fth.config import build, merge
+from server import frames
 from server.auth import OPEN_PATHS, KeyChecker, load_keys
 from server.batcher import MicroBatcher
 from server.config import ServeConfig
@@ -114,7 +115,7 @@ def create_app(config: ServeConfig | dict[str, Any] | str | Path | None = None) 
     @app.before_request
     def _start() -> Response | None:
         g.start = time.perf_counter()
-        if request.path not in OPEN_PATHS:
+        if request.path not in OPEN_PATHS and not request.path.startswith(frames.PREFIX):  # frames: signed URLs
             service.metrics.in_flight.inc()
             g.counted = True
             problem = service.auth.check(request.headers.get("Authorization"))
@@ -155,4 +156,5 @@ def create_app(config: ServeConfig | dict[str, Any] | str | Path | None = None) 
     from server.routes import bp
 
     app.register_blueprint(bp)
+    app.register_blueprint(frames.bp)
     return app

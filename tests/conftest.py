@@ -57,3 +57,18 @@ def seaweed():
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def label_studio():
+    """A real Label Studio server on loopback for the session (tests.label_studio_server); `.url`, `.token` (a
+    personal access token), `.start_seconds`. Skipped when its environment is missing (`make label-studio`)."""
+    from tests.label_studio_server import LabelStudioServer
+
+    try:
+        server = LabelStudioServer()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    server.start()
+    yield server
+    server.stop()
