@@ -67,7 +67,8 @@ def check(key: bytes, frame_id: str, exp: str | None, sig: str | None, now: floa
         expires = int(exp)
     except ValueError:
         return "exp is not a number"
-    if not hmac.compare_digest(signature(key, frame_id, expires), sig):
+    # as bytes: compare_digest refuses a str with non-ASCII characters (a TypeError, so a 500), which anyone can send
+    if not hmac.compare_digest(signature(key, frame_id, expires).encode(), sig.encode("utf-8", "replace")):
         return "bad signature"
     if expires < (time.time() if now is None else now):
         return "the URL has expired"

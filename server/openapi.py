@@ -23,6 +23,7 @@ def _error(description: str) -> dict[str, Any]:
 ERRORS = {
     "400": _error("Malformed request: bad JSON, corrupt or truncated image, bad query parameter."),
     "401": _error("Missing or invalid API key."),
+    "403": _error("A frame URL whose signature is missing, wrong or expired."),
     "404": _error("Unknown route or head."),
     "405": _error("Method not allowed on this route."),
     "406": _error("None of the types in Accept can be produced."),
@@ -193,6 +194,37 @@ def document(version: str = "1") -> dict[str, Any]:
                             "description": "This document.",
                             "content": {"application/json": {"schema": {"type": "object"}}},
                         }
+                    },
+                }
+            },
+            "/v1/frames/{frame_id}": {
+                "get": {
+                    **open_route,  # a browser's <img> sends no key: the signed URL is the authority (server.frames)
+                    "operationId": "frame",
+                    "parameters": [
+                        {"name": "frame_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                        {
+                            "name": "exp",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "integer"},
+                            "description": "Unix time the URL expires.",
+                        },
+                        {
+                            "name": "sig",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string"},
+                            "description": "HMAC-SHA256 of '<frame_id>:<exp>' under the workspace's key, hex.",
+                        },
+                    ],  # fmt: skip
+                    "responses": {
+                        "200": {
+                            "description": "The frame's stored bytes (signed, expiring URLs made by fth label push).",
+                            "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES},
+                        },
+                        "403": ERRORS["403"],
+                        "404": _error("No such frame in the catalog."),
                     },
                 }
             },

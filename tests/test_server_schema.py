@@ -27,8 +27,9 @@ schema.config.generation.update(
     with_security_parameters=False,  # every call carries a valid key; test_server.py::test_auth covers refusals
 )
 # Whether bytes are a sound image is beyond JSON Schema: a schema-valid body may still hold no image (400 corrupt, 415
-# not an image) or too big a one (413), and /v1/predict has no head to answer on this server (404). Nothing else.
-schema.config.checks.positive_data_acceptance.expected_statuses = ["2xx", "400", "401", "404", "413", "415"]
+# not an image) or too big a one (413), /v1/predict has no head to answer on this server (404), and a schema-valid frame
+# URL signature is still not a valid one (403). Nothing else.
+schema.config.checks.positive_data_acceptance.expected_statuses = ["2xx", "400", "401", "403", "404", "413", "415"]
 
 
 @pytest.fixture(scope="module")
