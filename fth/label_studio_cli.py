@@ -43,7 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         return
     push = actions.add_parser("push", help="choose frames and create Label Studio tasks for them (with predictions)")
     _common(push)
-    push.add_argument("--task", required=True, help="the task to label: people_count or time_of_day")
+    push.add_argument("--task", required=True, help="the task to label: people_count, time_of_day, detection or "
+                      "segmentation")  # fmt: skip
+    push.add_argument("--classes", help="class list JSON of detection / segmentation (default: the project's labels, "
+                      "else the pre-annotating head's classes, else the task's default)")  # fmt: skip
     push.add_argument("--count", type=int, required=True, help="frames to add to the project")
     push.add_argument("--method", default="kcenter", choices=METHODS)
     push.add_argument("--labels", help="labels the method learns from (default: the workspace's label set)")
@@ -112,17 +115,36 @@ def read_label_set(path: Path) -> list[dict[str, Any]]:
     return data
 
 
-def check_project(project: dict[str, Any], task: str) -> None:
-    """The project's labelling config must hold our control for `task` (a control named after the task)."""
-    from heads.labels import label_studio_config
+def project_classes(project: dict[str, Any] | None, task: str) -> tuple[str, ...]:
+    """The labels of the project's control for `task` (its class list, in the config's order), or ()."""
+    control = ((project or {}).get("parsed_label_config") or {}).get(task) or {}
+    return tuple(control.get("labels") or ())
 
-    kind, _ = label_studio_config(task)
+
+def make_ls_task(name: str, classes: tuple[str, ...] = ()):
+    """The Task `name` configured with `classes` (detection / segmentation read and write labels by class)."""
+    from heads.tasks import TaskConfig, make_task
+
+    return make_task(TaskConfig(name=name, classes=tuple(classes)))
+
+
+def check_project(project: dict[str, Any], task) -> None:
+    """The project's labelling config must hold our control for `task` (a control named after the task, of the
+    task's type) with the task's classes, when it has any."""
+    kind = _control_of(task.name)
+    if kind is None:
+        task.label_studio_config()  # raises the task's own one-line error
     parsed = project.get("parsed_label_config") or {}
-    control = parsed.get(task) or {}
+    control = parsed.get(task.name) or {}
+    where = f"project {project.get('title')!r} (id {project.get('id')})"
     if control.get("type") != kind:
         have = ", ".join(f"{k} ({v.get('type')})" for k, v in parsed.items()) or "none"
-        raise ValueError(f"project {project.get('title')!r} (id {project.get('id')}) has another labelling config: "
-                         f"controls {have}; task {task} needs a {kind} control named {task!r}")  # fmt: skip
+        raise ValueError(f"{where} has another labelling config: controls {have}; task {task.name} needs a {kind} "
+                         f"control named {task.name!r}")  # fmt: skip
+    classes = tuple(task.cfg.classes)
+    if classes and project_classes(project, task.name) != classes:
+        raise ValueError(f"{where} labels {list(project_classes(project, task.name))}, not the classes "
+                         f"{list(classes)}")  # fmt: skip
 
 
 # -- push ---------------------------------------------------------------------------------------------------------
@@ -131,17 +153,24 @@ def check_project(project: dict[str, Any], task: str) -> None:
 @_guard
 def cmd_push(args: argparse.Namespace) -> int:
     from fth.label_cli import choose
-    from heads.labels import label_studio_config
+    from heads.label_maps import read_classes
     from server.frames import secret, signed_url
     from store.frame_index import FrameIndex
     from store.paths import Workspace
 
-    _, config = label_studio_config(args.task)
+    if _control_of(args.task) is None:  # a task without a config fails before any request, with its own message
+        make_ls_task(args.task).label_studio_config()
     ws = Workspace.at(args.workspace)
     client = _client(args)
     project = client.project(args.project)
+    classes = read_classes(args.classes) if args.classes else project_classes(project, args.task)
+    task = make_ls_task(args.task, classes or head_classes(args, ws))
     if project is not None:
-        check_project(project, args.task)
+        check_project(project, task)
+    try:
+        _, config = task.label_studio_config()
+    except ValueError as e:
+        raise ValueError(f"{e}: pass --classes") from None
     existing = [t for t in client.tasks(project["id"]) if t.get("data", {}).get("frame_id")] if project else []
     in_project = {str(t["data"]["frame_id"]) for t in existing}
     key, ttl = secret(ws.root), args.url_days * 86400
@@ -163,7 +192,7 @@ def cmd_push(args: argparse.Namespace) -> int:
                  labelled=sorted(in_project | in_label_set), seed=args.seed, **extra)  # fmt: skip
     ids = [f for f in sel.frame_ids if f not in in_project]  # choose already skips them; never a duplicate task
     index = FrameIndex(ws.root, ws.catalog, args.source)
-    head_id, answers = predictions(args, ws, index, ids, sel.encoder)
+    head_id, answers, why = predictions(args, ws, task, index, ids, sel.encoder)
     tasks = []
     for rank, fid in enumerate(ids):
         row = index.by_id[fid]
@@ -186,17 +215,13 @@ def cmd_push(args: argparse.Namespace) -> int:
     print(f"project {args.project!r} (id {project['id']}, {'created' if created_project else 'reused'}): "
           f"{created} tasks created, {len(sel.frame_ids) - len(ids)} already there skipped, "
           f"{len(in_project)} there before; {len(in_label_set)} frames of the label set left out")  # fmt: skip
-    print(f"pre-annotations: {f'head {head_id}' if head_id else 'none (no head of this task on the encoder)'}")
+    print(f"pre-annotations: {f'head {head_id}' if head_id else f'none ({why})'}")
     return 0
 
 
-def predictions(args, ws, index, ids: list[str], encoder: str | None) -> tuple[str, list[list[dict]]]:
-    """(the served, else newest, head of the task on the encoder; its answers on `ids` as Label Studio results), or
-    ("", []) when no such head (or no encoder) is registered."""
-    from fth.heads_cli import embed_step
-    from heads.artifact import load_head, predict
-    from heads.labels import label_studio_prediction
-    from heads.pipeline import stored_features
+def _head_card(args, ws, encoder: str | None):
+    """The served, else newest, head card of the task on the encoder (the given, else `encoder`, else the served
+    one), or None."""
     from store import release
     from store.artifacts import ArtifactError, Registry
 
@@ -204,17 +229,44 @@ def predictions(args, ws, index, ids: list[str], encoder: str | None) -> tuple[s
     try:
         encoder_id = registry.card(args.encoder).id if args.encoder else encoder or release.served(ws, registry)[0]
     except ArtifactError:
-        return "", []
+        return None
     heads = [c for c in registry.list("head") if c.config.get("task", {}).get("name") == args.task
              and c.parents.get("encoder") == encoder_id]  # fmt: skip
-    if not heads or not ids:
-        return "", []
+    if not heads:
+        return None
     current = release.current(ws)
     served = [c for c in heads if current is not None and c.id in current.heads]
-    card = (served or heads)[-1]
-    head = load_head(card.id, registry, encoder_id)
-    x, _, _ = stored_features(ws, index, encoder_id, ids, head.recipe, embed_step(args.workspace, encoder_id))
-    return card.id, [label_studio_prediction(args.task, a) for a in predict(head, x)]
+    return (served or heads)[-1]
+
+
+def head_classes(args, ws) -> tuple[str, ...]:
+    card = _head_card(args, ws, None)
+    return tuple(card.config.get("task", {}).get("classes") or ()) if card else ()
+
+
+def predictions(args, ws, task, index, ids: list[str], encoder: str | None) -> tuple[str, list[list[dict]], str]:
+    """(the served, else newest, head of the task on the encoder; its answers on `ids` as Label Studio results; ""),
+    or ("", [], why not) when there is no such head or the task has no pre-annotation."""
+    from fth.heads_cli import embed_step
+    from heads.artifact import load_head, predict
+    from heads.labels import LabelError
+    from heads.pipeline import stored_features
+    from store.artifacts import Registry
+
+    card = _head_card(args, ws, encoder)
+    if card is None or not ids:
+        return "", [], "no head of this task on the encoder"
+    if tuple(card.config.get("task", {}).get("classes") or ()) not in ((), tuple(task.cfg.classes)):
+        return "", [], f"head {card.id} has other classes than the project"
+    try:
+        head = load_head(card.id, Registry(ws.artifacts), card.parents["encoder"])
+        x, _, _ = stored_features(ws, index, card.parents["encoder"], ids, head.recipe,
+                                  embed_step(args.workspace, card.parents["encoder"]))  # fmt: skip
+        sizes = [index.size(f) for f in ids]
+        answers = [task.label_studio_prediction(a) for a in predict(head, x, sizes)]
+    except LabelError as e:
+        return "", [], str(e)
+    return card.id, answers, ""
 
 
 # -- pull ---------------------------------------------------------------------------------------------------------
@@ -222,8 +274,9 @@ def predictions(args, ws, index, ids: list[str], encoder: str | None) -> tuple[s
 
 @_guard
 def cmd_pull(args: argparse.Namespace) -> int:
-    from heads.labels import LABEL_CONFIGS, LabelError, label_studio_labels, latest_annotation
-    from heads.tasks import TaskConfig, make_task
+    from heads.label_maps import write_classes
+    from heads.labels import LabelError, label_studio_labels, latest_annotation
+    from heads.tasks import TASKS
     from store.frame_index import FrameIndex
     from store.fsutil import atomic_write
     from store.paths import Workspace
@@ -232,13 +285,15 @@ def cmd_pull(args: argparse.Namespace) -> int:
     project = client.project(args.project)
     if project is None:
         raise ValueError(f"no project titled {args.project!r} at {client.url} (fth label push creates it)")
-    task = args.task or next((n for n in (project.get("parsed_label_config") or {}) if n in LABEL_CONFIGS), None)
-    if task is None:
-        have = ", ".join(project.get("parsed_label_config") or {}) or "none"
+    parsed = project.get("parsed_label_config") or {}
+    name = args.task or next((n for n, c in parsed.items() if n in TASKS and _control_of(n) == c.get("type")), None)
+    if name is None:
+        have = ", ".join(parsed) or "none"
         raise ValueError(f"project {args.project!r} has no control fth reads (controls: {have}); pass --task")
+    task = make_ls_task(name, project_classes(project, name))
     check_project(project, task)
     exported = client.tasks(project["id"])
-    done = [t for t in exported if latest_annotation(t, task, task)[0] is not None]
+    done = [t for t in exported if latest_annotation(t, task, name)[0] is not None]
     keyless = [t.get("id") for t in done if not t.get("data", {}).get("frame_id")]
     if keyless:
         raise LabelError(f"{len(keyless)} of {len(done)} annotated tasks in project {args.project!r} carry no "
@@ -246,34 +301,66 @@ def cmd_pull(args: argparse.Namespace) -> int:
     ws = Workspace.at(args.workspace)
     index = FrameIndex(ws.root, ws.catalog)
     where = f"project {args.project!r}"
-    labels = label_studio_labels(done, task, where, from_name=task, known=index.by_id)  # unknown frames: an error
-    try:
-        make_task(TaskConfig(name=task)).targets(labels.values)
+    labels = label_studio_labels(done, task, where, from_name=name, known=index.by_id)  # unknown frames: an error
+    try:  # maps of several frame sizes do not stack: each frame on its own
+        for values in [[v] for v in labels.values] if task.map_labels else [labels.values]:
+            task.targets(values)
     except (ValueError, TypeError) as e:
-        raise LabelError(f"{where}: annotations that are not valid {task} labels: {e}") from None
+        raise LabelError(f"{where}: annotations that are not valid {name} labels: {e}") from None
 
-    path = label_set_path(args.workspace, task, args.out)
+    path = label_set_path(args.workspace, name, args.out)
     stored = {str(t["data"]["frame_id"]): t for t in read_label_set(path)}
+    classes, classes_file = tuple(task.cfg.classes), path.parent / "classes.json"  # the readers' class order
+    if classes and stored and _classes_in(classes_file) not in (None, classes):
+        raise LabelError(f"{path} holds labels of the classes {list(_classes_in(classes_file) or ())}; project "
+                         f"{args.project!r} labels {list(classes)}: pull it into another --out")  # fmt: skip
     new = changed = same = 0
     for t in done:
         fid = str(t["data"]["frame_id"])
-        ann, value = latest_annotation(t, task, task)
+        ann, value = latest_annotation(t, task, name)
         old = stored.get(fid)
-        old_value = latest_annotation(old, task, task)[1] if old else None
-        if old is not None and old_value == value:
+        old_value = latest_annotation(old, task, name)[1] if old else None
+        if old is not None and _same(old_value, value):
             same += 1
             continue
         new, changed = new + (old is None), changed + (old is not None)
         keep = {k: ann.get(k) for k in ("id", "result", "created_at", "updated_at", "completed_by", "lead_time")}
         stored[fid] = {"id": t.get("id"), "project": project["id"], "data": t["data"], "annotations": [keep]}
+    if classes and _classes_in(classes_file) != classes:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_classes(classes_file, classes)
     if new or changed:
         with atomic_write(path, "w") as f:
             json.dump(list(stored.values()), f, indent=1)
     print(f"{where}: {len(exported)} tasks, {len(done)} annotated, {len(exported) - len(done)} not yet annotated")
     print(f"label set {path}: {new} new, {changed} changed, {same} unchanged (skipped); {len(stored)} labelled frames")
     if args.refit:
-        return refit(args, task, path)
+        return refit(args, name, path)
     return 0
+
+
+def _control_of(name: str) -> str | None:
+    from heads.labels import LabelError
+
+    try:
+        return make_ls_task(name, ("a", "b")).label_studio_config()[0]
+    except LabelError:
+        return None
+
+
+def _classes_in(path: Path) -> tuple[str, ...] | None:
+    from heads.label_maps import read_classes
+
+    return read_classes(path) if path.is_file() else None
+
+
+def _same(a: Any, b: Any) -> bool:
+    import numpy as np
+
+    try:
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    except (TypeError, ValueError):
+        return a == b
 
 
 def refit(args: argparse.Namespace, task: str, labels: Path) -> int:

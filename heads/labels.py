@@ -7,8 +7,8 @@ Formats followed:
   with `iscrowd` 0; an image without such annotations counts 0. `file_name` is resolved to our frame id.
 - Label Studio JSON export (labelstud.io/guide/export#JSON): a list of tasks `{"data": {...}, "annotations": [...]}`;
   our frame id is kept in `data.frame_id` (tasks exported by `heads.select` carry it), else `data.path` is resolved.
-  The latest non-cancelled annotation wins; a count is read from a `number` result, else from the number of
-  `rectanglelabels` boxes labelled person; a time from a `number` (seconds) or `textarea` ("HH:MM[:SS]") result.
+  The latest non-cancelled annotation that holds a label wins; what a label is, and each task's labelling config,
+  belong to the task (`Task.label_studio_value`, `label_studio_config`, ...): this module only finds and joins them.
 
 Every reader ends in `finish`, which raises `LabelError` naming counts and the first few offenders for duplicate labels,
 paths that resolve to no frame, and frame ids the catalog does not know. A resolver is any callable path -> frame id
@@ -288,29 +288,23 @@ def write_coco(path: str | Path, counts: LabelSet, file_names: dict[str, str]) -
     return Path(path)
 
 
-def _ls_value(results: list[dict[str, Any]], task: str, from_name: str | None) -> Any:
-    """One annotation's results -> the label for `task`, or None when it holds none."""
-    results = [r for r in results if from_name is None or r.get("from_name") == from_name]
-    for r in results:
-        v = r.get("value", {})
-        if r.get("type") == "number" and "number" in v:
-            return float(v["number"])
-        if r.get("type") == "textarea" and v.get("text"):
-            return v["text"][0]
-    if task == "people_count":
-        boxes = [r for r in results if r.get("type") == "rectanglelabels"]
-        if boxes:
-            return float(sum(any(x.lower() == "person" for x in r["value"]["rectanglelabels"]) for r in boxes))
-    return None
+def _as_task(task: Any) -> Any:
+    """A `heads.tasks.Task`, given one or a registered task's name (imported here: the tasks import this module)."""
+    if isinstance(task, str):
+        from heads.tasks import make_task
+
+        return make_task(task)
+    return task
 
 
-def latest_annotation(t: dict[str, Any], task: str, from_name: str | None = None) -> tuple[dict | None, Any]:
-    """A Label Studio task -> (its latest non-cancelled annotation that holds a `task` label, that label), or
-    (None, None) when no annotation holds one yet."""
+def latest_annotation(t: dict[str, Any], task: Any, from_name: str | None = None) -> tuple[dict | None, Any]:
+    """A Label Studio task -> (its latest non-cancelled annotation that holds a label of `task` (a Task or its name),
+    that label read by the task's `label_studio_value`), or (None, None) when no annotation holds one yet."""
+    task = _as_task(task)
     anns = [a for a in t.get("annotations", []) if not a.get("was_cancelled")]
     anns.sort(key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id", 0)))
     for a in reversed(anns):
-        value = _ls_value(a.get("result", []), task, from_name)
+        value = task.label_studio_value(a.get("result", []), from_name)
         if value is not None:
             return a, value
     return None, None
@@ -318,13 +312,14 @@ def latest_annotation(t: dict[str, Any], task: str, from_name: str | None = None
 
 def read_label_studio(
     path: str | Path,
-    task: str = "people_count",
+    task: Any = "people_count",
     from_name: str | None = None,
     resolver: Resolver | None = None,
     known: Container[str] | None = None,
     unknown: str = "error",
 ) -> LabelSet:
-    """Label Studio JSON export -> LabelSet; tasks without a usable annotation are skipped (and counted in the log)."""
+    """Label Studio JSON export -> LabelSet of `task` (a Task or its name); tasks without a usable annotation are
+    skipped (and counted in the log)."""
     path = Path(path)
     tasks = json.loads(path.read_text())
     if not isinstance(tasks, list):
@@ -334,7 +329,7 @@ def read_label_studio(
 
 def label_studio_labels(
     tasks: list[dict[str, Any]],
-    task: str,
+    task: Any,
     source: str,
     from_name: str | None = None,
     resolver: Resolver | None = None,
@@ -343,6 +338,7 @@ def label_studio_labels(
 ) -> LabelSet:
     """Label Studio tasks (an export file's, or a live project's) -> LabelSet keyed by our frame id (`data.frame_id`,
     else `data.path` resolved); `source` names them in errors."""
+    task = _as_task(task)
     keys, values, skipped, keyless = [], [], 0, []
     for t in tasks:
         _, value = latest_annotation(t, task, from_name)
@@ -362,49 +358,59 @@ def label_studio_labels(
         raise LabelError(f"{source}: {len(keyless)} annotated tasks carry neither data.frame_id nor data.path: "
                          f"{_first(keyless)}")  # fmt: skip
     if skipped:
-        log.info("%s: %d of %d tasks have no usable %s annotation, skipped", source, skipped, len(tasks), task)
+        log.info("%s: %d of %d tasks have no usable %s annotation, skipped", source, skipped, len(tasks), task.name)
     paths = [k for kind, k in keys if kind == "path"]
     resolved = iter(resolve_keys(paths, resolver, source) if paths else [])
     ids = [k if kind == "id" else next(resolved) for kind, k in keys]
-    return finish(ids, values, source, known, unknown)
+    classes = tuple(getattr(task.cfg, "classes", ()) or ()) or None
+    return finish(ids, values, source, known, unknown, classes=classes)
 
 
-def label_studio_results(task: str, value: Any) -> list[dict[str, Any]]:
-    """The result list an annotator's answer produces in our labelling config (`LABEL_CONFIGS`): what a labeller
-    submits, and what a head's answer is pre-annotated as."""
-    if task == "time_of_day" and isinstance(value, str):
-        return [{"from_name": task, "to_name": "image", "type": "textarea", "value": {"text": [value]}}]
-    return [{"from_name": task, "to_name": "image", "type": "number", "value": {"number": value}}]
+def label_studio_classes(path: Path, given: str | None, tasks: list[dict[str, Any]], kind: str) -> tuple[str, ...]:
+    """The class list of a Label Studio export of boxes or polygons: `--classes` when given, else `classes.json`
+    beside the export (`fth label pull` writes it, in the project's label order), else the names the export's
+    `kind` results use, in order of first appearance."""
+    from heads.label_maps import read_classes
+
+    if given:
+        return read_classes(given)
+    beside = Path(path).parent / "classes.json"
+    if beside.is_file():
+        return read_classes(beside)
+    found: list[str] = []
+    for t in tasks:
+        for a in t.get("annotations", []):
+            for r in a.get("result", []):
+                if r.get("type") == kind:
+                    found += [n for n in r.get("value", {}).get(kind, []) if n not in found]
+    return tuple(found)
 
 
-# Our Label Studio labelling configs (labelstud.io/tags): the image is `data.image`, the control is named after the
-# task, so `_ls_value(..., from_name=task)` reads exactly our control. Counts are integers a labeller types (a head's
-# float count is pre-annotated rounded); a time of day is typed as HH:MM (the time_of_day task's textarea form).
-LABEL_CONFIGS = {
-    "people_count": ("Number", """<View>
-  <Image name="image" value="$image"/>
-  <Header value="How many people are in the frame?"/>
-  <Number name="people_count" toName="image" min="0" step="1" required="true"/>
-</View>"""),
-    "time_of_day": ("TextArea", """<View>
-  <Image name="image" value="$image"/>
-  <Header value="Local time of day at the camera (HH:MM)"/>
-  <TextArea name="time_of_day" toName="image" maxSubmissions="1" required="true"/>
-</View>"""),
-}  # fmt: skip
+def ls_result(task: Any, kind: str, value: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """One Label Studio result of `task`'s control (named after the task) on the image (`to_name` "image")."""
+    return {"from_name": task.name, "to_name": "image", "type": kind, "value": value, **extra}
 
 
-def label_studio_config(task: str) -> tuple[str, str]:
-    """(control type, labelling config XML) of `task`; LabelError for a task without one."""
-    if task not in LABEL_CONFIGS:
-        raise LabelError(f"no Label Studio labelling config for task {task!r}; supported: {', '.join(LABEL_CONFIGS)}")
-    return LABEL_CONFIGS[task]
+def ls_of(results: list[dict[str, Any]], kind: str, from_name: str | None = None) -> list[dict[str, Any]]:
+    """The results of type `kind` (of control `from_name`, when given)."""
+    return [r for r in results if r.get("type") == kind and (from_name is None or r.get("from_name") == from_name)]
 
 
-def label_studio_prediction(task: str, answer: dict[str, Any]) -> list[dict[str, Any]]:
-    """A head's served answer (`Task.decode`) -> pre-annotation results in our labelling config."""
-    if task == "people_count":
-        return label_studio_results(task, max(0, round(float(answer["count"]))))
-    if task == "time_of_day":
-        return label_studio_results(task, str(answer["time"])[:5])
-    raise LabelError(f"no Label Studio pre-annotation for task {task!r}")
+def ls_labels_config(control: str, name: str, header: str, classes: tuple[str, ...] | list[str]) -> str:
+    """A labelling config with one labels control (`RectangleLabels`, `PolygonLabels`) over `classes`."""
+    from xml.sax.saxutils import quoteattr
+
+    labels = "\n".join(f"    <Label value={quoteattr(c)}/>" for c in classes)
+    return (f'<View>\n  <Header value={quoteattr(header)}/>\n  <Image name="image" value="$image"/>\n'
+            f'  <{control} name="{name}" toName="image">\n{labels}\n  </{control}>\n</View>')  # fmt: skip
+
+
+def label_studio_results(task: Any, value: Any) -> list[dict[str, Any]]:
+    """The result list a labeller's answer `value` produces in `task`'s labelling config (`Task.label_studio_results`;
+    `task` a Task or its name)."""
+    return _as_task(task).label_studio_results(value)
+
+
+def label_studio_config(task: Any) -> tuple[str, str]:
+    """(control type, labelling config XML) of `task` (`Task.label_studio_config`); LabelError for one without."""
+    return _as_task(task).label_studio_config()

@@ -10,20 +10,25 @@ of frames the catalog no longer holds, values that are no label: exit 2, one lin
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from urllib.parse import parse_qs, urlparse
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from collector.sim import frame
 from fth.cli import main
 from fth.label_studio import LabelStudio
 from fth.procs import free_port
-from heads.labels import label_studio_config, label_studio_results
+from heads.labels import LabelError, label_studio_config, label_studio_results
+from heads.tasks import LabelContext, TaskConfig, make_task
 from server.frames import PREFIX, check, secret, signed_url
 from store.backends import open_catalog
 from tests.serving import tiny_encoder
-from tests.sim_workspace import sim_workspace
+from tests.sim_workspace import sim_config, sim_workspace
 
 FRAMES_URL = "http://frames.test:8000"
 
@@ -232,3 +237,137 @@ def test_frames_endpoint_signed_urls(ws, monkeypatch):
     gone = urlparse(signed_url("http://x", key, "f" * 64, 60))
     assert http.get(f"{gone.path}?{gone.query}").status_code == 404
     assert label_studio_config("people_count")[0] == "Number"
+
+
+# -- detection and segmentation: the tasks' Label Studio hooks ------------------------------------------------------
+
+
+def test_rectangles_percent_pixel_boxes_round_trip():
+    task = make_task(TaskConfig(name="detection", classes=("person", "car")))
+    kind, config = task.label_studio_config()
+    assert kind == "RectangleLabels" and '<Label value="car"/>' in config and 'name="detection"' in config
+    boxes = [{"box": [16.0, 24.0, 48.0, 72.0], "score": 0.9, "class": "car"},
+             {"box": [0.0, 0.0, 160.0, 96.0], "score": 0.4, "class": "person"}]  # fmt: skip
+    answer = {"boxes": boxes, "image_size": [96, 160]}
+    results = task.label_studio_prediction(answer)
+    v = results[0]["value"]
+    assert (v["x"], v["y"], v["width"], v["height"], v["rectanglelabels"]) == (10.0, 25.0, 20.0, 50.0, ["car"])
+    assert (results[0]["original_width"], results[0]["original_height"], results[0]["score"]) == (160, 96, 0.9)
+    boxes = task.label_studio_value(results)  # relative x0 y0 x1 y1 class, as the detection labels hold them
+    np.testing.assert_allclose(boxes[:, :4] * [160, 96, 160, 96], [b["box"] for b in answer["boxes"]], atol=1e-4)
+    assert boxes[:, 4].tolist() == [1.0, 0.0]
+    np.testing.assert_allclose(task.label_studio_value(task.label_studio_results(boxes)), boxes, atol=1e-6)
+    assert task.label_studio_value([]).shape == (0, 5)  # submitted without boxes: no objects
+    with pytest.raises(LabelError, match="a rectangle labelled 'bus', not one of the classes"):
+        task.label_studio_value([{**results[0], "value": {**v, "rectanglelabels": ["bus"]}}])
+
+
+def test_polygons_to_mask_and_back():
+    task = make_task(TaskConfig(name="segmentation", classes=("sky", "ground", "person")))
+    size = {"original_width": 8, "original_height": 4}
+    square = {"type": "polygonlabels", "from_name": "segmentation", **size,
+              "value": {"points": [[0, 0], [50, 0], [50, 50], [0, 50]], "polygonlabels": ["ground"]}}  # fmt: skip
+    tri = {"type": "polygonlabels", "from_name": "segmentation", **size,
+           "value": {"points": [[25, 0], [100, 0], [100, 100]], "polygonlabels": ["person"]}}  # fmt: skip
+    mask = task.label_studio_value([square, tri])
+    want = np.full((4, 8), 255, np.uint8)
+    want[:2, :4] = 1  # the square: pixels whose centre is inside
+    for y in range(4):
+        for x in range(8):
+            if x + 0.5 >= 2 + 6 * (y + 0.5) / 4:  # the triangle (the later polygon paints over the earlier)
+                want[y, x] = 2
+    np.testing.assert_array_equal(mask, want)
+    assert task.label_studio_value([]) is None  # no polygons: no label
+    _, truth = frame(sim_config(), 120)
+    results = task.label_studio_results(np.minimum(truth.seg, 2) | (truth.seg == 255) * 255)  # 4 sim classes -> 3
+    back = task.label_studio_value(results)
+    np.testing.assert_array_equal(back, np.minimum(truth.seg, 2) | (truth.seg == 255) * 255)
+    with pytest.raises(LabelError, match="without original_height/original_width"):
+        task.label_studio_value([{**square, "original_width": None}])
+
+
+def test_depth_has_no_label_studio_config(capsys, ws):
+    with pytest.raises(LabelError, match="^task depth has no Label Studio labelling config$"):
+        make_task("depth").label_studio_config()
+    code, _, err = fth(capsys, "label", "push", "--url", "http://127.0.0.1:9", "--token", "x", "--project", "d",
+                       "--task", "depth", "--count", "2", "--workspace", str(ws.root),
+                       "--frames-url", FRAMES_URL)  # fmt: skip
+    assert code == 2 and err == "fth label push: error: task depth has no Label Studio labelling config\n", err
+
+
+def sim_truth(cfg, per_day: int) -> dict:
+    """Frame id -> the simulator's truth, for the frames `sim_workspace(root, 1, per_day)` stored (ids are the JPEG
+    bytes' hash, so re-encoding the same frames gives the same ids)."""
+    import hashlib
+
+    step = round(24 * 3600 / cfg.time_scale * cfg.fps) // per_day
+    out = {}
+    for k in range(per_day):
+        rgb, truth = frame(cfg, k * step)
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
+        out[hashlib.sha256(buf.getvalue()).hexdigest()] = truth
+    return out
+
+
+def test_detection_and_segmentation_loop(capsys, label_studio, ws):
+    client = LabelStudio(label_studio.url, label_studio.token)
+    truth = sim_truth(sim_config(), 24)
+    code, out, err = push(capsys, label_studio, ws, "people boxes", "--count", "8", "--method", "random",
+                          task="detection")  # fmt: skip
+    assert code == 0 and "8 tasks created" in out, err
+    project = client.project("people boxes")
+    control = project["parsed_label_config"]["detection"]
+    assert control["type"] == "RectangleLabels" and control["labels"] == ["person"]
+    det = make_task(TaskConfig(name="detection"))
+    tasks = project_tasks(client, "people boxes")
+    for t in tasks:  # the simulator's person boxes, in percent, as a labeller draws them
+        tr = truth[t["data"]["frame_id"]]
+        h, w = tr.seg.shape
+        boxes = np.concatenate([tr.boxes / [w, h, w, h], np.zeros((len(tr.boxes), 1))], 1)
+        body = {"result": det.label_studio_results(boxes, (h, w)), "lead_time": 9.0}
+        client.request("POST", f"/api/tasks/{t['id']}/annotations/", json=body)
+    code, out, err = pull(capsys, label_studio, ws, "people boxes", "--refit")  # the task is read from the config
+    assert code == 0 and "8 new, 0 changed" in out, err
+    head_id = out.strip().splitlines()[-1].removeprefix("head: ")
+    assert head_id.startswith("head-"), out
+    folder = ws.root / "labels" / "detection"
+    assert json.loads((folder / "classes.json").read_text()) == {"classes": ["person"]}
+    code, out, err = push(capsys, label_studio, ws, "people boxes", "--count", "2", "--method", "random",
+                          task="detection")  # fmt: skip
+    assert code == 0 and f"pre-annotations: head {head_id}" in out, err
+    new = [t for t in project_tasks(client, "people boxes") if t["data"]["frame_id"] not in {x["data"]["frame_id"]
+           for x in tasks}]  # fmt: skip
+    preds = client.request("GET", f"/api/tasks/{new[0]['id']}/")["predictions"][0]
+    assert preds["model_version"] == head_id
+    assert all(r["type"] == "rectanglelabels" and r["original_width"] == 320 for r in preds["result"]), preds
+
+    seg_classes = ws.root / "seg-classes.json"
+    seg_classes.write_text(json.dumps(["sky", "ground", "building", "person"]))
+    code, out, err = push(capsys, label_studio, ws, "regions", "--count", "6", "--method", "random",
+                          "--classes", str(seg_classes), task="segmentation")  # fmt: skip
+    assert code == 0 and "6 tasks created" in out, err
+    assert client.project("regions")["parsed_label_config"]["segmentation"]["type"] == "PolygonLabels"
+    seg = make_task(TaskConfig(name="segmentation", classes=("sky", "ground", "building", "person")))
+    masks = {}
+    for t in project_tasks(client, "regions"):  # the simulator's class map as polygons
+        masks[t["data"]["frame_id"]] = truth[t["data"]["frame_id"]].seg
+        body = {"result": seg.label_studio_results(masks[t["data"]["frame_id"]])}
+        client.request("POST", f"/api/tasks/{t['id']}/annotations/", json=body)
+    code, out, err = pull(capsys, label_studio, ws, "regions", "--refit")
+    assert code == 0 and "6 new, 0 changed" in out and out.strip().splitlines()[-1].startswith("head: head-"), err
+    labels = make_task("segmentation").read_labels(
+        str(ws.root / "labels" / "segmentation" / "labelstudio.json"), "labelstudio",
+        LabelContext(resolver=lambda p: None, known=set(truth), size=lambda f: None))[0]  # fmt: skip
+    assert labels.classes == ("sky", "ground", "building", "person") and len(labels) == 6
+    for fid, mask in labels.as_dict().items():
+        np.testing.assert_array_equal(mask, masks[fid])  # exactly the truth, after Label Studio and back
+
+    for run, why in [
+        (push(capsys, label_studio, ws, "regions", "--count", "1", task="detection"), "another labelling config"),
+        (pull(capsys, label_studio, ws, "people boxes", "--task", "segmentation"), "another labelling config"),
+        (push(capsys, label_studio, ws, "people boxes", "--count", "1", "--classes", str(seg_classes),
+              task="detection"), "labels ['person'], not the classes ['sky'"),
+    ]:  # fmt: skip
+        code, _, err = run
+        assert code == 2 and why in err and err.count("\n") == 1, err

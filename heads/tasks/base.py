@@ -108,6 +108,25 @@ class Task:
         """Label format -> reader; the first format that accepts a path is the one `auto` picks (see `sniff`)."""
         return {}
 
+    # -- Label Studio (labelstud.io/tags; the control is named after the task, the image is `data.image`) ----------
+
+    def label_studio_config(self) -> tuple[str, str]:
+        """(control type, labelling config XML) of this task's Label Studio project."""
+        raise LabelError(f"task {self.name} has no Label Studio labelling config")
+
+    def label_studio_results(self, value: Any) -> list[dict[str, Any]]:
+        """One label -> the result list a labeller submits for it in this task's config (pre-annotations too)."""
+        raise LabelError(f"task {self.name} has no Label Studio labelling config")
+
+    def label_studio_value(self, results: list[dict[str, Any]], from_name: str | None = None) -> Any:
+        """One annotation's results (those of control `from_name`, or all) -> this task's label, or None when it
+        holds none."""
+        raise LabelError(f"task {self.name} has no Label Studio labelling config")
+
+    def label_studio_prediction(self, answer: dict[str, Any]) -> list[dict[str, Any]]:
+        """A head's decoded answer (`decode`, with the frame's size) -> pre-annotation results."""
+        raise LabelError(f"task {self.name} has no Label Studio pre-annotation")
+
     def read_labels(self, path: str, fmt: str, ctx: LabelContext) -> tuple[LabelSet, str]:
         """Labels at `path` in format `fmt` (`auto` sniffs it) -> (LabelSet keyed by our frame id, format read)."""
         from heads.labels import sniff

@@ -24,6 +24,7 @@ Shapes: B batch, K classes, M boxes, (gh, gw) grid.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -89,46 +90,14 @@ def _read_coco(path: Path, ctx: LabelContext, task: Task) -> L.LabelSet:
 
 
 def _read_label_studio(path: Path, ctx: LabelContext, task: Task) -> L.LabelSet:
-    """Label Studio export -> (M, 5) relative boxes per task from the latest annotation's `rectanglelabels`."""
+    """Label Studio export -> (M, 5) relative boxes per task, read from its latest annotation by the task's
+    `label_studio_value` (classes: `--classes`, else `classes.json` beside the export, else the rectangles' names)."""
     tasks = json.loads(path.read_text())
     if not isinstance(tasks, list):
         raise L.LabelError(f"{path}: expected a Label Studio JSON export (a list of tasks)")
-    found: list[str] = []
-    rows = []
-    for t in tasks:
-        anns = [a for a in t.get("annotations", []) if not a.get("was_cancelled")]
-        if not anns:
-            continue
-        anns.sort(key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id", 0)))
-        rects = [r for r in anns[-1].get("result", []) if r.get("type") == "rectanglelabels"]
-        for r in rects:
-            found += [n for n in r["value"]["rectanglelabels"] if n not in found]
-        rows.append((t, rects))
-    classes = _classes(ctx, found)
-    index = {name: i for i, name in enumerate(classes)}
-    keys, values, keyless = [], [], []
-    for t, rects in rows:
-        data = t.get("data", {})
-        key = ("id", str(data["frame_id"])) if data.get("frame_id") else ("path", str(data.get("path", "")))
-        if not key[1]:
-            keyless.append(t.get("id", "?"))
-            continue
-        boxes = []
-        for r in rects:
-            v, name = r["value"], r["value"]["rectanglelabels"][0]
-            if name not in index:
-                raise L.LabelError(f"{path}: task {t.get('id', '?')} labels {name!r}, not in {list(classes)}")
-            x, y, w, h = (float(v[k]) / 100.0 for k in ("x", "y", "width", "height"))  # LS: percent of the image
-            boxes.append([x, y, x + w, y + h, float(index[name])])
-        keys.append(key)
-        values.append(np.asarray(boxes, np.float32).reshape(-1, 5))
-    if keyless:
-        raise L.LabelError(f"{path}: {len(keyless)} tasks carry neither data.frame_id nor data.path: "
-                           f"{L._first(keyless)}")  # fmt: skip
-    paths = [k for kind, k in keys if kind == "path"]
-    resolved = iter(L.resolve_keys(paths, ctx.resolver, str(path)) if paths else [])
-    ids = [k if kind == "id" else next(resolved) for kind, k in keys]
-    return L.finish(ids, values, str(path), ctx.known, classes=classes)
+    classes = L.label_studio_classes(path, ctx.classes, tasks, "rectanglelabels") or ("person",)
+    boxes = type(task)(dataclasses.replace(task.cfg, classes=tuple(classes)))
+    return L.label_studio_labels(tasks, boxes, str(path), resolver=ctx.resolver, known=ctx.known)
 
 
 def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -210,6 +179,45 @@ class Detection(Task):
 
     def readers(self):
         return {"coco": _read_coco, "labelstudio": _read_label_studio}
+
+    # -- Label Studio: RectangleLabels over the task's classes. Label Studio gives x, y, width, height in percent of
+    # the image (original_width x original_height), so a label (relative x0 y0 x1 y1) is that / 100; a head's answer
+    # (pixel boxes with the image's size) is divided by the size. An annotation without rectangles: no objects.
+
+    def label_studio_config(self):
+        return "RectangleLabels", L.ls_labels_config("RectangleLabels", self.name, "Draw a box around each object",
+                                                     self.classes)  # fmt: skip
+
+    def label_studio_results(self, value, size: tuple[int, int] | None = None, scores=None):
+        """(M, 5) relative boxes -> rectanglelabels results in percent (`size` (H, W) adds original_height/width)."""
+        extra = {"original_height": int(size[0]), "original_width": int(size[1])} if size else {}
+        out = []
+        for j, (x0, y0, x1, y1, c) in enumerate(np.asarray(value, np.float64).reshape(-1, 5).tolist()):
+            rect = {"x": x0 * 100, "y": y0 * 100, "width": (x1 - x0) * 100, "height": (y1 - y0) * 100, "rotation": 0,
+                    "rectanglelabels": [self.classes[int(c)]]}  # fmt: skip
+            score = {"score": float(scores[j])} if scores is not None else {}
+            out.append(L.ls_result(self, "rectanglelabels", rect, **extra, **score))
+        return out
+
+    def label_studio_value(self, results, from_name=None):
+        index = {name: i for i, name in enumerate(self.classes)}
+        boxes = []
+        for r in L.ls_of(results, "rectanglelabels", from_name):
+            v = r.get("value", {})
+            name = (v.get("rectanglelabels") or [None])[0]
+            if name not in index:
+                raise L.LabelError(f"a rectangle labelled {name!r}, not one of the classes {list(self.classes)}")
+            if abs(float(v.get("rotation", 0) or 0)) > 1e-6:
+                raise L.LabelError(f"a rotated rectangle ({v['rotation']} degrees): detection boxes are upright")
+            x, y, w, h = (float(v[k]) / 100.0 for k in ("x", "y", "width", "height"))
+            boxes.append([x, y, x + w, y + h, float(index[name])])
+        return np.asarray(boxes, np.float32).reshape(-1, 5)
+
+    def label_studio_prediction(self, answer):
+        h, w = answer["image_size"]
+        boxes = [[*(np.asarray(b["box"], np.float64) / [w, h, w, h]), self.classes.index(b["class"])]
+                 for b in answer["boxes"]]  # fmt: skip
+        return self.label_studio_results(boxes, (h, w), [b["score"] for b in answer["boxes"]])
 
     # -- targets ---------------------------------------------------------------------------------------------------
 

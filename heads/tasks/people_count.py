@@ -32,8 +32,36 @@ class PeopleCount(Task):
         return {
             "csv": lambda p, ctx, t: L.read_task_csv(p, ctx, t),
             "coco": lambda p, ctx, t: L.read_coco(p, ctx.resolver, ctx.known),
-            "labelstudio": lambda p, ctx, t: L.read_label_studio(p, t.name, resolver=ctx.resolver, known=ctx.known),
+            "labelstudio": lambda p, ctx, t: L.read_label_studio(p, t, resolver=ctx.resolver, known=ctx.known),
         }
+
+    # -- Label Studio: a Number per frame (an integer a labeller types; a head's count is pre-annotated rounded) -----
+
+    def label_studio_config(self):
+        return (
+            "Number",
+            f"""<View>
+  <Image name="image" value="$image"/>
+  <Header value="How many people are in the frame?"/>
+  <Number name="{self.name}" toName="image" min="0" step="1" required="true"/>
+</View>""",
+        )
+
+    def label_studio_results(self, value):
+        return [L.ls_result(self, "number", {"number": value})]
+
+    def label_studio_value(self, results, from_name=None):
+        """A `number` result, else the number of person rectangles (an export of boxes counts them)."""
+        for r in L.ls_of(results, "number", from_name):
+            if "number" in r.get("value", {}):
+                return float(r["value"]["number"])
+        boxes = L.ls_of(results, "rectanglelabels", from_name)
+        if boxes:
+            return float(sum(any(x.lower() == "person" for x in r["value"]["rectanglelabels"]) for r in boxes))
+        return None
+
+    def label_studio_prediction(self, answer):
+        return self.label_studio_results(max(0, round(float(answer["count"]))))
 
     def targets(self, values: Any) -> torch.Tensor:
         y = L.numbers(values, "people_count labels")

@@ -9,6 +9,8 @@ per-pixel majority training class. Scene prior: the per-pixel log class frequenc
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from heads import label_maps
+from heads import labels as L
 from heads.labels import LabelError, LabelSet
 from heads.tasks.base import LabelContext, Task, TaskConfig, register_task, resize_map
 
@@ -37,6 +40,21 @@ def _read(path: Path, ctx: LabelContext, task: Task) -> LabelSet:
     return labels
 
 
+def _read_label_studio(path: Path, ctx: LabelContext, task: Task) -> LabelSet:
+    """Label Studio export of polygons -> class-index masks (classes: `--classes`, else `classes.json` beside the
+    export, else the polygons' names)."""
+    tasks = json.loads(path.read_text())
+    if not isinstance(tasks, list):
+        raise LabelError(f"{path}: expected a Label Studio JSON export (a list of tasks)")
+    classes = L.label_studio_classes(path, ctx.classes, tasks, "polygonlabels")
+    if len(classes) < 2:
+        raise LabelError(f"{path}: segmentation needs at least two classes; found {list(classes)} (pass --classes)")
+    regions = type(task)(dataclasses.replace(task.cfg, classes=tuple(classes)))
+    labels = L.label_studio_labels(tasks, regions, str(path), resolver=ctx.resolver, known=ctx.known)
+    labels.note = f"{len(classes)} classes: {', '.join(classes)}"
+    return labels
+
+
 @register_task
 class Segmentation(Task):
     name, dense, map_labels, primary, higher_is_better = "segmentation", True, True, "miou", True
@@ -48,7 +66,68 @@ class Segmentation(Task):
         self.out_dim = max(len(cfg.classes), 2)
 
     def readers(self):
-        return {"masks": _read}
+        return {"masks": _read, "labelstudio": _read_label_studio}
+
+    # -- Label Studio: PolygonLabels over the task's classes. Polygons, not BrushLabels: a brush result is Label
+    # Studio's own RLE of the canvas, which needs its converter's decoder, while a polygon is a plain list of points (in
+    # percent of the image) that rasterises here exactly. A pixel takes the class of the last polygon holding its
+    # centre (matplotlib's point-in-polygon; PIL's ImageDraw.polygon rounds vertices to the pixel grid and fills the
+    # boundary, so a polygon along pixel edges would grow by a pixel); pixels no polygon covers are ignore_index, so
+    # a labeller outlines only what they are sure of. Size: the result's original_height x original_width.
+
+    def label_studio_config(self):
+        self._need_classes()
+        return "PolygonLabels", L.ls_labels_config("PolygonLabels", self.name, "Outline each region with its class",
+                                                   self.cfg.classes)  # fmt: skip
+
+    def label_studio_results(self, value):
+        """An (H, W) class-index mask -> one rectangle polygon per run of equal pixels in a row, runs stacked over
+        rows merged (exact: rasterising gives the mask back; ignore_index pixels get none)."""
+        mask = np.asarray(value)
+        h, w = mask.shape
+        rects, open_runs = [], {}  # (x0, x1, class) -> [y0, y1) of the run stack still growing
+        for y in range(h + 1):
+            row = mask[y] if y < h else np.full(w, -1)
+            edges = np.flatnonzero(np.diff(row, prepend=-2, append=-2) != 0)
+            runs = {(int(a), int(b), int(row[a])) for a, b in zip(edges[:-1], edges[1:], strict=True)}
+            for key in list(open_runs):
+                if key not in runs:
+                    rects.append((*key, open_runs.pop(key), y))
+            for key in runs:
+                open_runs.setdefault(key, y)
+        size = {"original_height": h, "original_width": w}
+        return [L.ls_result(self, "polygonlabels", {"points": [[100 * a / w, 100 * y0 / h], [100 * b / w, 100 * y0 / h],
+                [100 * b / w, 100 * y1 / h], [100 * a / w, 100 * y1 / h]], "polygonlabels": [self.cfg.classes[c]]},
+                **size) for a, b, c, y0, y1 in sorted(rects, key=lambda r: (r[3], r[0]))
+                if c != self.cfg.ignore_index and c >= 0]  # fmt: skip
+
+    def label_studio_value(self, results, from_name=None):
+        from matplotlib.path import Path as Polygon
+
+        polygons = L.ls_of(results, "polygonlabels", from_name)
+        if not polygons:
+            return None
+        index = {name: i for i, name in enumerate(self.cfg.classes)}
+        h, w = polygons[0].get("original_height"), polygons[0].get("original_width")
+        if not (h and w):
+            raise L.LabelError("a polygon result without original_height/original_width: cannot rasterise it")
+        mask = np.full((int(h), int(w)), self.cfg.ignore_index, np.uint8 if self.out_dim < 256 else np.int32)
+        ys, xs = np.mgrid[0:h, 0:w]
+        centres = np.stack([(xs.ravel() + 0.5) * 100 / w, (ys.ravel() + 0.5) * 100 / h], 1)  # pixel centres, percent
+        for r in polygons:
+            v = r.get("value", {})
+            name = (v.get("polygonlabels") or [None])[0]
+            if name not in index:
+                raise L.LabelError(f"a polygon labelled {name!r}, not one of the classes {list(self.cfg.classes)}")
+            if len(v.get("points", [])) < 3:
+                raise L.LabelError(f"a {name!r} polygon with {len(v.get('points', []))} points (3 at least)")
+            inside = Polygon(np.asarray(v["points"], np.float64)).contains_points(centres).reshape(int(h), int(w))
+            mask[inside] = index[name]
+        return mask
+
+    def label_studio_prediction(self, answer):
+        """The head's class map (at head resolution; polygons in percent do not depend on it) as polygons."""
+        return self.label_studio_results(np.asarray(answer["segmentation"]))
 
     def _need_classes(self) -> None:
         if len(self.cfg.classes) < 2:

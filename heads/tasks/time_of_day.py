@@ -79,9 +79,38 @@ class TimeOfDay(Task):
     def readers(self):
         return {
             "csv": lambda p, ctx, t: L.read_task_csv(p, ctx, t, numeric=False),
-            "labelstudio": lambda p, ctx, t: L.read_label_studio(p, t.name, resolver=ctx.resolver, known=ctx.known),
+            "labelstudio": lambda p, ctx, t: L.read_label_studio(p, t, resolver=ctx.resolver, known=ctx.known),
             "catalog": _catalog,
         }
+
+    # -- Label Studio: a TextArea holding HH:MM (the form `targets` parses); a `number` is read in `time_unit` ------
+
+    def label_studio_config(self):
+        return (
+            "TextArea",
+            f"""<View>
+  <Image name="image" value="$image"/>
+  <Header value="Local time of day at the camera (HH:MM)"/>
+  <TextArea name="{self.name}" toName="image" maxSubmissions="1" required="true"/>
+</View>""",
+        )
+
+    def label_studio_results(self, value):
+        if isinstance(value, str):
+            return [L.ls_result(self, "textarea", {"text": [value]})]
+        return [L.ls_result(self, "number", {"number": value})]
+
+    def label_studio_value(self, results, from_name=None):
+        for r in L.ls_of(results, "number", from_name):
+            if "number" in r.get("value", {}):
+                return float(r["value"]["number"])
+        for r in L.ls_of(results, "textarea", from_name):
+            if r.get("value", {}).get("text"):
+                return r["value"]["text"][0]
+        return None
+
+    def label_studio_prediction(self, answer):
+        return self.label_studio_results(str(answer["time"])[:5])
 
     def targets(self, values: Any) -> torch.Tensor:
         unit = self.cfg.time_unit
