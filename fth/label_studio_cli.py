@@ -1,7 +1,8 @@
 """`fth label push` and `fth label pull`: a live labelling loop against a running Label Studio.
 
     fth label push --url URL --project NAME --task T --count 50 --method hybrid --frames-url SERVE_URL
-                   [--labels L] [--encoder ID] [--source S] [--token TOKEN] [--url-days 14] [--refresh-urls]
+                   [--classes JSON] [--labels L] [--encoder ID] [--source S] [--token TOKEN] [--url-days 14]
+                   [--refresh-urls]
     fth label pull --url URL --project NAME [--task T] [--out LABELS] [--refit] [--encoder ID] [--token TOKEN]
 
 push chooses frames through `fth.label_cli.choose` (the one selection path), skipping frames the project or the
@@ -14,6 +15,11 @@ name), checks every frame is in the catalog and every value is a valid label for
 into the workspace's label set for the task, `<workspace>/labels/<task>/labelstudio.json`: a Label Studio JSON export
 (one task per frame, its latest annotation) that `fth heads fit --labels` reads and a head's card records, so `fth
 heads refit` finds it again. `--refit` then runs `fth heads fit` on it.
+
+What a task's project looks like and how an annotation becomes its label belong to the task (`Task.label_studio_config`,
+`label_studio_results`, `label_studio_value`, `label_studio_prediction`); nothing here branches on a task name. Tasks
+with classes (detection, segmentation) take them from `--classes`, the project's labels or the pre-annotating head;
+pull writes them as `classes.json` beside the label set, which the tasks' `labelstudio` readers read.
 
 Wrong input (Label Studio unreachable, a refused token, a project with another labelling config, annotations of frames
 the catalog no longer holds, unusable values) is one line on stderr and exit code 2, with nothing written.

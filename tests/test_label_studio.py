@@ -362,6 +362,13 @@ def test_detection_and_segmentation_loop(capsys, label_studio, ws):
     assert labels.classes == ("sky", "ground", "building", "person") and len(labels) == 6
     for fid, mask in labels.as_dict().items():
         np.testing.assert_array_equal(mask, masks[fid])  # exactly the truth, after Label Studio and back
+    seg_head = out.strip().splitlines()[-1].removeprefix("head: ")
+    code, out, err = push(capsys, label_studio, ws, "regions", "--count", "1", "--method", "random",
+                          task="segmentation")  # fmt: skip
+    assert code == 0 and f"pre-annotations: head {seg_head}" in out, err  # classes from the project's config
+    last = max(project_tasks(client, "regions"), key=lambda t: t["id"])
+    preds = client.request("GET", f"/api/tasks/{last['id']}/")["predictions"][0]
+    assert preds["result"] and {r["type"] for r in preds["result"]} == {"polygonlabels"}
 
     for run, why in [
         (push(capsys, label_studio, ws, "regions", "--count", "1", task="detection"), "another labelling config"),
