@@ -375,6 +375,9 @@ def test_detection_and_segmentation_loop(capsys, label_studio, ws):
         (pull(capsys, label_studio, ws, "people boxes", "--task", "segmentation"), "another labelling config"),
         (push(capsys, label_studio, ws, "people boxes", "--count", "1", "--classes", str(seg_classes),
               task="detection"), "labels ['person'], not the classes ['sky'"),
+        (pull(capsys, label_studio, ws, "people boxes", "--out", str(ws.root / "labels" / "segmentation" /
+              "labelstudio.json")), "holds labels of the classes ['sky', 'ground', 'building', 'person']; project"),
     ]:  # fmt: skip
         code, _, err = run
         assert code == 2 and why in err and err.count("\n") == 1, err
+    assert json.loads((ws.root / "labels" / "segmentation" / "classes.json").read_text())["classes"][0] == "sky"
