@@ -111,9 +111,8 @@ class Segmentation(Task):
         h, w = polygons[0].get("original_height"), polygons[0].get("original_width")
         if not (h and w):
             raise L.LabelError("a polygon result without original_height/original_width: cannot rasterise it")
-        mask = np.full((int(h), int(w)), self.cfg.ignore_index, np.uint8 if self.out_dim < 256 else np.int32)
-        ys, xs = np.mgrid[0:h, 0:w]
-        centres = np.stack([(xs.ravel() + 0.5) * 100 / w, (ys.ravel() + 0.5) * 100 / h], 1)  # pixel centres, percent
+        h, w = int(h), int(w)
+        mask = np.full((h, w), self.cfg.ignore_index, np.uint8 if self.out_dim < 256 else np.int32)
         for r in polygons:
             v = r.get("value", {})
             name = (v.get("polygonlabels") or [None])[0]
@@ -121,8 +120,12 @@ class Segmentation(Task):
                 raise L.LabelError(f"a polygon labelled {name!r}, not one of the classes {list(self.cfg.classes)}")
             if len(v.get("points", [])) < 3:
                 raise L.LabelError(f"a {name!r} polygon with {len(v.get('points', []))} points (3 at least)")
-            inside = Polygon(np.asarray(v["points"], np.float64)).contains_points(centres).reshape(int(h), int(w))
-            mask[inside] = index[name]
+            pts = np.asarray(v["points"], np.float64)  # (P, 2) x, y in percent
+            x0, y0 = np.floor(pts.min(0) * [w, h] / 100).astype(int).clip(0)  # only the pixels of its bounding box
+            x1, y1 = np.ceil(pts.max(0) * [w, h] / 100).astype(int).clip(None, [w, h])
+            ys, xs = np.mgrid[y0:y1, x0:x1]
+            centres = np.stack([(xs.ravel() + 0.5) * 100 / w, (ys.ravel() + 0.5) * 100 / h], 1)  # pixel centres, %
+            mask[y0:y1, x0:x1][Polygon(pts).contains_points(centres).reshape(y1 - y0, x1 - x0)] = index[name]
         return mask
 
     def label_studio_prediction(self, answer):
