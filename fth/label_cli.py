@@ -152,8 +152,8 @@ def add_select_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", help="only frames of this catalog source")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ensemble", type=int, default=5, metavar="K", help="heads in the ensemble (default 5)")
-    p.add_argument("--switch-at", type=int, default=SWITCH_AT, metavar="N",
-                   help=f"hybrid: labelled frames from which on it picks uncertain ones (default {SWITCH_AT})")  # fmt: skip
+    switch = f"hybrid: labelled frames from which on it picks uncertain ones (default {SWITCH_AT})"
+    p.add_argument("--switch-at", type=int, default=SWITCH_AT, metavar="N", help=switch)
     add_config_args(p, shown="the task's fitting preset (the ensemble's heads)")
     p.add_argument("--workspace", default=None, help=WS_HELP)
 
