@@ -141,7 +141,7 @@ def typiclust(
     assign = KMeans(clusters, n_init=1, random_state=seed).fit_predict(x)  # (N,)
     sizes = np.bincount(assign, minlength=clusters)
     covered = set(assign[done].tolist())
-    order = sorted((c for c in range(clusters) if c not in covered), key=lambda c: (-(sizes[c] >= min_size), -sizes[c]))
+    order = sorted((c for c in range(clusters) if c not in covered), key=lambda c: (sizes[c] < min_size, -sizes[c]))
     chosen: list[int] = []
     for c in order[:k]:
         members = np.flatnonzero(assign == c)
@@ -192,7 +192,7 @@ def choose_indices(
         if len(embeddings) != n:
             raise ValueError(f"{len(embeddings)} embeddings for {n} frames")
         pick = kcenter_greedy if how == "kcenter" else typiclust
-        return Choice(pick(embeddings, k, done, seed=seed), [], how)
+        return Choice(pick(embeddings, k, seed=seed, already=done), [], how)
     pool = np.setdiff1d(np.arange(n), np.asarray(done, dtype=np.int64))
     if how == "random":
         return Choice([int(pool[j]) for j in select_random(len(pool), k, seed)], [], how)
