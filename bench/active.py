@@ -36,6 +36,16 @@ from bench.common import RESULTS, table, write_json  # noqa: E402
 
 SIZE = (96, 160)
 TASKS = {"people_count": "people.csv", "segmentation": "segmentation"}
+# what each task's heads read and the `--set` items its fits take here, so the whole run fits 2 shared CPU cores:
+# people_count on pooled vectors (the MLP head, ~0.2 s a fit; `fth heads fit --features pooled`), segmentation on the
+# grid with its dense decoder and scene prior, 100 steps of 8 frames at lr 3e-3 (~2-5 s a fit; the preset's 400 steps
+# of 32 took 17-48 s a fit on this machine)
+BENCH = {
+    "people_count": ("pooled", []),
+    "segmentation": ("grid", ["batch_size=8", "max_steps=100", "lr=3e-3", "patience=3"]),
+}
+ALL_TASKS = {"people_count": "people.csv", "time_of_day": "catalog", "depth": "depth", "segmentation": "segmentation",
+             "detection": "boxes.json"}  # fmt: skip
 
 
 def build_workspace(root: Path, frames: int, days: int) -> str:
@@ -83,8 +93,9 @@ def build_workspace(root: Path, frames: int, days: int) -> str:
     return enc
 
 
-def load(root: Path, enc: str, task_name: str, label_side: int):
-    """(task, frame ids in capture order, grid features, pooled features, label values, capture times)."""
+def load(root: Path, enc: str, task_name: str, label_side: int, form: str = "grid"):
+    """(task, frame ids in capture order, the head's features (`form`), pooled features, label values, capture times,
+    the recipe)."""
     import numpy as np
 
     from heads.pipeline import FitRequest, labelled, stored_features
@@ -94,19 +105,22 @@ def load(root: Path, enc: str, task_name: str, label_side: int):
 
     ws = Workspace.at(root)
     index = FrameIndex(ws.root, ws.catalog)
-    req = FitRequest(task_name, str(root / "labels" / TASKS[task_name]), workspace=str(root),
+    where = ALL_TASKS[task_name]
+    req = FitRequest(task_name, where if where == "catalog" else str(root / "labels" / where), workspace=str(root),
                      max_label_side=label_side)  # fmt: skip
     task, labels, _, _ = labelled(req, index, lambda _: None)
     ids = index.in_capture_order(labels.ids)
-    grid, recipe, _ = stored_features(ws, index, enc, ids, FeatureRecipe("grid"), None)
+    grid, recipe, _ = stored_features(ws, index, enc, ids, FeatureRecipe(form), None)
     pooled, _, _ = stored_features(ws, index, enc, ids, FeatureRecipe("pooled"), None)
     values = labels.as_dict()
     times = [index.by_id[i].captured_at for i in ids]
-    return task, ids, np.asarray(grid), np.asarray(pooled, dtype=np.float32), [values[i] for i in ids], times, recipe
+    x = np.asarray(grid, dtype=np.float32 if form == "pooled" else None)
+    return task, ids, x, np.asarray(pooled, dtype=np.float32), [values[i] for i in ids], times, recipe
 
 
 def run_curve(task, grid, pooled, values, times, recipe, cfg, method, seed, args, held, pool) -> dict:
-    """One learning curve: held-out primary metric at each budget, the phases hybrid used, seconds spent."""
+    """One learning curve: held-out primary metric at each budget, the phases hybrid used, seconds spent.
+    `method` may be `hybrid@N`: hybrid switching at N labels."""
     import numpy as np
     import torch
 
@@ -119,6 +133,8 @@ def run_curve(task, grid, pooled, values, times, recipe, cfg, method, seed, args
     labelled = sorted(rng.choice(len(pool), args.start, replace=False).tolist())  # positions in `pool`
     budgets, metrics, phases, ens_s, fit_s = [], [], [], [], []
     x_pool, p_pool = grid[pool], pooled[pool]
+    method, _, switch = method.partition("@")
+    switch_at = int(switch) if switch else args.switch_at
     while True:
         rows = pool[labelled]
         order = np.argsort([times[i] for i in rows], kind="stable")
@@ -138,15 +154,44 @@ def run_curve(task, grid, pooled, values, times, recipe, cfg, method, seed, args
             t1 = time.perf_counter()
             ens = fit_ensemble(task, grid[rows], [values[i] for i in rows], [times[i] for i in rows], cfg, recipe,
                                args.ensemble, seed)  # fmt: skip
-            scores = ens.uncertainty(torch.from_numpy(x_pool))
+            scores = ens.uncertainty(torch.from_numpy(np.asarray(x_pool, dtype=np.float32)))
             ens_s.append(time.perf_counter() - t1)
             return scores
 
         choice = choose_indices(method, k, len(pool), embeddings=p_pool, labelled=labelled, seed=seed,
-                                uncertainty=uncertainty, switch_at=args.switch_at)  # fmt: skip
+                                uncertainty=uncertainty, switch_at=switch_at)  # fmt: skip
         phases.append(choice.how)
         labelled = sorted(set(labelled) | set(choice.idx))
     return {"budgets": budgets, "metric": metrics, "phases": phases, "ensemble_s": ens_s, "fit_s": fit_s}
+
+
+def time_ensembles(root: Path, enc: str, args) -> int:
+    """Wall time of one `heads.active` ensemble per task on the first L labelled frames, each task's default preset
+    and feature form (as `fth label select` fits it), one thread."""
+    import numpy as np
+
+    from fth.config import build
+    from heads.active import fit_ensemble
+    from heads.fit import FitConfig
+
+    rows = []
+    for task_name in ALL_TASKS:
+        task, ids, x, _, values, times, recipe = load(root, enc, task_name, args.label_side, "grid")
+        if task.default_form == "pooled":
+            task, ids, x, _, values, times, recipe = load(root, enc, task_name, args.label_side, "pooled")
+        idx = np.linspace(0, len(ids) - 1, args.time_ensembles).round().astype(int)
+        cfg = build(FitConfig, task.preset, ["threads=1"])
+        ens = fit_ensemble(task, x[idx], [values[i] for i in idx], [times[i] for i in idx], cfg, recipe, args.ensemble)
+        t0 = time.perf_counter()
+        u = ens.uncertainty(x)
+        rows.append({"task": task_name, "features": task.default_form, "labels": len(idx), "K": args.ensemble,
+                     "fit s": ens.seconds, f"score s ({len(ids)} frames)": time.perf_counter() - t0,
+                     "median uncertainty": float(np.median(u))})  # fmt: skip
+        print(rows[-1], file=sys.stderr, flush=True)
+    cols = list(rows[0])
+    print(table(rows, cols))
+    print(f"\nwrote {write_json(args.out, {'args': vars(args), 'rows': rows})}")
+    return 0
 
 
 def labels_to_reach(budgets, curve, target, higher) -> int | None:
@@ -197,6 +242,8 @@ def main() -> int:
     ap.add_argument("--label-side", type=int, default=40, help="segmentation labels downsampled to this side")
     ap.add_argument("--max-steps", type=int, default=0, help="cap every fit's steps (0: the preset's)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 240 frames, 1 seed, budget 50, 3 heads")
+    ap.add_argument("--time-ensembles", type=int, default=0, metavar="L",
+                    help="instead: time an ensemble of every task on L labels (the presets' fits)")  # fmt: skip
     ap.add_argument("--out", default="active", help="name of the JSON and PNG under bench/results/")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -216,12 +263,15 @@ def main() -> int:
     enc = build_workspace(root, args.frames, args.days)
     print(f"workspace {root} ({args.frames} frames, encoder {enc}) ready in {time.perf_counter() - start:.0f} s",
           file=sys.stderr, flush=True)  # fmt: skip
+    if args.time_ensembles:
+        return time_ensembles(root, enc, args)
     methods = args.methods.split(",")
     results: dict = {}
     rows, primaries, reach_rows = [], {}, []
     for task_name in args.tasks.split(","):
-        task, ids, grid, pooled, values, times, recipe = load(root, enc, task_name, args.label_side)
-        over = ["threads=1", "split_gap_s=0"] + ([f"max_steps={args.max_steps}"] if args.max_steps else [])
+        form, extra = BENCH[task_name]
+        task, ids, grid, pooled, values, times, recipe = load(root, enc, task_name, args.label_side, form)
+        over = ["threads=1", "split_gap_s=0", *extra] + ([f"max_steps={args.max_steps}"] if args.max_steps else [])
         cfg = build(FitConfig, task.preset, over)
         n = len(ids)
         held = np.arange(3, n, 4)  # every 4th frame in capture order: spread over every day and hour
