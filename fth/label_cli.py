@@ -1,7 +1,7 @@
 """`fth label`: choose the frames worth labelling next.
 
     fth label select --count N --method random|kcenter|uncertainty|hybrid --out tasks.json [--task T --labels L]
-                     [--encoder ID] [--source S] [--seed 0] [--ensemble 5] [--switch-at 50] [--config C] [--set k=v]
+                     [--encoder ID] [--source S] [--seed 0] [--ensemble 5] [--switch-at 100] [--config C] [--set k=v]
 
 `choose` is the one selection path: `fth label select`, `fth heads export` and `fth label push` (fth.label_studio_cli,
 which adds `push` and `pull` to this command) all call it. It lives in `fth/` because it wires the two halves: the

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 METHODS = ("kcenter", "random", "uncertainty", "hybrid")
-SWITCH_AT = 50  # hybrid: labelled frames from which on it picks uncertain frames instead of typical ones
+SWITCH_AT = 100  # hybrid: labelled frames from which on it picks uncertain frames (bench/active.py; README)
 
 
 def select_random(n: int, k: int, seed: int = 0) -> list[int]:
