@@ -7,7 +7,7 @@ encoder job (`encoder.embed.run_embed`), and `predict` runs the encoder on image
 fth heads fit --task T --labels PATH|catalog [--format F] [--classes classes.json] [--encoder ID] [--config C]
               [--set k=v] [--workspace W] [--name NAME] [--out DIR] [--features auto|pooled|grid] [--layers -1]
 fth heads list [--workspace W]
-fth heads export --count N --method kcenter|random --out tasks.json [--encoder ID] [--source S]
+fth heads export --count N --method random|kcenter|uncertainty|hybrid --out tasks.json [--task T --labels L] ...
 fth heads predict --head ID IMAGE... [--encoder ID] [--json]
 fth heads adapt --from OLD --to NEW [--frames 300] [--method ridge|procrustes] [--source S] [--out DIR]
 fth heads refit --encoder NEW [--from OLD] [--tolerance 0.02] [--max-flip-rate 0.05] [--shuffle-labels] [--out DIR]
@@ -104,7 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _guard(fn):
-    """Wrong input -> one line `fth heads <cmd>: error: ...` on stderr and exit code 2."""
+    """Wrong input -> one line `fth heads <cmd>: error: ...` (`fth label <cmd>` for its commands) on stderr, exit 2."""
 
     def run(args: argparse.Namespace) -> int:
         from heads.labels import LabelError
@@ -116,7 +116,7 @@ def _guard(fn):
             return fn(args)
         except (LabelError, FeatureError, ArtifactError, FrameIndexError, ValueError, OSError) as e:
             msg = " ".join(str(e).split())
-            print(f"fth heads {args.heads_cmd}: error: {msg}", file=sys.stderr)
+            print(f"fth {getattr(args, 'group', 'heads')} {args.heads_cmd}: error: {msg}", file=sys.stderr)
             return 2
 
     return run

@@ -1,5 +1,5 @@
-"""Choosing frames to label: k-center greedy covers the embedding space better than random, and the Label Studio
-export carries our frame id and original path."""
+"""Choosing frames to label: k-center greedy covers the embedding space better than random, `choose_indices` (the one
+method dispatch) never returns a labelled frame, and the Label Studio export carries our frame id and original path."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from heads.select import coverage, export_batch, kcenter_greedy, select_random
+from heads.select import choose_indices, coverage, kcenter_greedy, label_studio_tasks, select_random
 
 
 def clustered(n=3000, clusters=40, dim=16, seed=0):
@@ -40,20 +40,29 @@ def test_kcenter_continues_from_labelled_frames():
     assert coverage(x, first + more) <= coverage(x, first)
 
 
-def test_export_batch_writes_label_studio_tasks(tmp_path):
+def test_choose_indices_and_label_studio_tasks(tmp_path):
     ids = [f"{i:064x}" for i in range(200)]
     paths = [f"cam/{i:05d}.jpg" for i in range(200)]
     x = clustered(n=200, seed=4)
-    chosen = export_batch(tmp_path / "tasks.json", ids, paths, 12, "kcenter", x, already_labelled=ids[:3])
+    kc = choose_indices("kcenter", 12, 200, embeddings=x, labelled=[0, 1, 2])
+    assert kc.how == "kcenter" and kc.idx == kcenter_greedy(x, 12, already=[0, 1, 2]) and not kc.scores
+    assert len(set(kc.idx)) == 12 and not set(kc.idx) & {0, 1, 2}
+    chosen = [ids[i] for i in kc.idx]
+    scores = [{"uncertainty": float(s)} for s in range(12)]
+    tasks = label_studio_tasks(chosen, [paths[i] for i in kc.idx], extra=scores)
+    (tmp_path / "tasks.json").write_text(json.dumps(tasks))
     tasks = json.loads((tmp_path / "tasks.json").read_text())
-    assert [t["data"]["frame_id"] for t in tasks] == chosen and len(chosen) == 12
-    assert not set(chosen) & set(ids[:3])
+    assert [t["data"]["frame_id"] for t in tasks] == chosen
     for rank, t in enumerate(tasks):
         assert t["data"]["path"] == paths[ids.index(t["data"]["frame_id"])] and t["data"]["rank"] == rank
-        assert t["data"]["image"].endswith(t["data"]["path"])
-    rnd = export_batch(tmp_path / "r.json", ids, paths, 12, "random", already_labelled=ids[:100], seed=1)
-    assert len(set(rnd)) == 12 and not set(rnd) & set(ids[:100])
+        assert t["data"]["image"].endswith(t["data"]["path"]) and t["data"]["uncertainty"] == rank
+    rnd = choose_indices("random", 12, 200, labelled=range(100), seed=1)
+    assert len(set(rnd.idx)) == 12 and not set(rnd.idx) & set(range(100))
+    assert choose_indices("random", 12, 200, labelled=range(100), seed=1).idx == rnd.idx  # seeded
+    assert len(choose_indices("kcenter", 50, 20, embeddings=x[:20], labelled=range(15)).idx) == 5  # what is left
     with pytest.raises(ValueError, match="needs the frames' embeddings"):
-        export_batch(tmp_path / "x.json", ids, paths, 5, "kcenter")
+        choose_indices("kcenter", 5, 200)
+    with pytest.raises(ValueError, match="200 frames"):
+        choose_indices("kcenter", 5, 200, embeddings=x[:10])
     with pytest.raises(ValueError, match="selection method"):
-        export_batch(tmp_path / "x.json", ids, paths, 5, "best")
+        choose_indices("best", 5, 200)

@@ -5,7 +5,8 @@ A task says which label formats it reads and how (`readers`), how a list of labe
 `finalize`) with the primary metric and its direction, the best constant predictor for that metric (`baseline`), the
 default head kind, feature form and fitting preset, its served answer (`decode`), its one-line description of a
 prediction (`describe`) and its plot (`plot`), and per frame, how wrong a prediction is (`frame_errors`) and when a
-change of head counts as a negative flip (`negative_flips`: the error grew past the task's stated tolerance).
+change of head counts as a negative flip (`negative_flips`: the error grew past the task's stated tolerance), and how
+much an ensemble of its heads disagrees on a frame (`uncertainty`, what `heads.active` ranks frames to label by).
 Nothing outside a task's own file branches on its name: adding a task is one file that subclasses `Task` and calls
 `register_task` (a test module may do it too).
 
@@ -178,6 +179,11 @@ class Task:
         errors and a tolerance below 1: right before, wrong now)."""
         allowed = self.flip_tolerance * old_err if self.relative_flip else self.flip_tolerance
         return new_err > old_err + allowed
+
+    def uncertainty(self, outs: torch.Tensor) -> torch.Tensor:
+        """K ensemble members' raw outputs stacked (K, B, ...) -> (B,) disagreement, 0 where they all agree, higher
+        the more they differ, in the task's own terms. The default: the members' variance, averaged over outputs."""
+        return outs.float().var(dim=0, unbiased=False).flatten(1).mean(1)
 
     def baseline(self, train_target: torch.Tensor) -> torch.Tensor:
         """The best constant predictor for the primary metric, as one frame's head output (1, ...) broadcast over a

@@ -95,6 +95,10 @@ class Depth(Task):
             "n": t.numel(),
         }
 
+    def uncertainty(self, outs):
+        """(K, B, 1, h, w) log-depth -> (B,) the K members' variance of log depth, averaged over the output's pixels."""
+        return outs.float().var(dim=0, unbiased=False).flatten(1).mean(1)
+
     def frame_errors(self, out, target):
         """(B,) AbsRel over each frame's valid pixels (0 for a frame without any)."""
         pred = self.depth(out, tuple(target.shape[-2:]))

@@ -315,6 +315,20 @@ class Detection(Task):
         errs = [1 - frame_f1(p, t[t[:, 4] >= 0].numpy()) for p, t in zip(preds, target, strict=True)]
         return torch.tensor(errs, dtype=torch.float32)
 
+    def uncertainty(self, outs):
+        """(K, B, K_cls + 4, gh, gw) -> (B,) box disagreement: 1 - the mean F1 at IoU 0.5 between every two members'
+        answered boxes (score >= the threshold; `frame_f1`, one member's boxes taken as the other's truth). 0 when every
+        member answers the same boxes (or none), 1 when no two members share a box."""
+        dets = [self.detections(o, self.threshold) for o in outs.float()]  # K lists of B (n, 6)
+        k, b = len(dets), outs.shape[1]
+        if k < 2:
+            return torch.zeros(b)
+        f1 = torch.zeros(b)
+        for i in range(k):
+            for j in range(i + 1, k):
+                f1 += torch.tensor([frame_f1(p, t[:, [0, 1, 2, 3, 5]]) for p, t in zip(dets[i], dets[j], strict=True)])
+        return 1 - f1 / (k * (k - 1) / 2)
+
     def finalize(self, s):
         m, m50 = _coco_eval(s["preds"], s["truths"], self.k)
         return {"map50": m50, "map": m, "count_mae": s["count_abs"] / max(s["n"], 1),

@@ -102,6 +102,11 @@ class PeopleCount(Task):
     def frame_errors(self, out, target):
         return (self.count(out) - target).abs()
 
+    def uncertainty(self, outs):
+        """(K, B, 1) -> (B,) variance of the K predicted counts (people^2)."""
+        counts = torch.stack([self.count(o) for o in outs.float()])  # (K, B)
+        return counts.var(dim=0, unbiased=False)
+
     def finalize(self, s):
         return {"mae": s["abs"] / s["n"], "rmse": math.sqrt(s["sq"] / s["n"]), "n": s["n"]}
 

@@ -178,6 +178,16 @@ class Segmentation(Task):
         miou = torch.where(shown.any(1), iou / shown.sum(1).clamp_min(1), torch.ones_like(iou))
         return (1 - miou).float()
 
+    def uncertainty(self, outs):
+        """(K, B, C, h, w) logits -> (B,) mutual information between the prediction and the member (BALD, Houlsby et
+        al. 2011): entropy of the mean softmax minus the mean entropy of each member's, averaged over pixels (nats)."""
+        logp = outs.float().log_softmax(dim=2)  # (K, B, C, h, w)
+        p = logp.exp()
+        mean = p.mean(0)  # (B, C, h, w)
+        total = -(mean * mean.clamp_min(1e-12).log()).sum(1)  # (B, h, w)
+        each = -(p * logp).sum(2).mean(0)  # (B, h, w)
+        return (total - each).clamp_min(0).flatten(1).mean(1)
+
     def finalize(self, s):
         conf = s["conf"]
         tp, gt, pr = conf.diag(), conf.sum(1), conf.sum(0)

@@ -149,6 +149,12 @@ class TimeOfDay(Task):
         diff = torch.remainder(self.seconds(out) - target, DAY)
         return torch.minimum(diff, DAY - diff) / 60.0  # (B,) minutes, wrap-around
 
+    def uncertainty(self, outs):
+        """(K, B, 2) -> (B,) circular spread of the K predicted clock angles: 1 - their mean resultant length (0 when
+        all agree, 1 when they cancel out)."""
+        a = torch.stack([self.angle(self.seconds(o)) for o in outs.float()])  # (K, B)
+        return 1 - torch.hypot(a.sin().mean(0), a.cos().mean(0))
+
     def stats(self, out, target):
         return {"abs_min": self.frame_errors(out, target).sum().item(), "n": target.numel()}
 
