@@ -104,7 +104,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _guard(fn):
-    """Wrong input -> one line `fth heads <cmd>: error: ...` (`fth label <cmd>` for its commands) on stderr, exit 2."""
+    """Wrong input -> one line `fth <command> <action>: error: ...` on stderr and exit code 2 (`fth heads` and `fth
+    label` actions)."""
 
     def run(args: argparse.Namespace) -> int:
         from heads.labels import LabelError
@@ -116,7 +117,7 @@ def _guard(fn):
             return fn(args)
         except (LabelError, FeatureError, ArtifactError, FrameIndexError, ValueError, OSError) as e:
             msg = " ".join(str(e).split())
-            print(f"fth {getattr(args, 'group', 'heads')} {args.heads_cmd}: error: {msg}", file=sys.stderr)
+            print(f"fth {args.command} {args.heads_cmd}: error: {msg}", file=sys.stderr)
             return 2
 
     return run

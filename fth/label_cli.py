@@ -130,7 +130,6 @@ def choose(
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("label", help="choose frames to label (and push them to / pull them from Label Studio)")
-    p.set_defaults(group="label")  # errors read `fth label <action>: error: ...`
     ls = p.add_subparsers(dest="heads_cmd", metavar="ACTION", required=True)
     sel = ls.add_parser("select", help="choose frames to label and write them as Label Studio tasks")
     add_select_args(sel)

@@ -30,11 +30,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
-from fth.heads_cli import WS_HELP
+from fth.heads_cli import WS_HELP, _guard
 
 TOKEN_ENV = "LABEL_STUDIO_TOKEN"
 LABEL_SET = "labelstudio.json"
@@ -80,24 +79,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", required=True, help="Label Studio project title (created by push when missing)")
     p.add_argument("--token", default=None, help=f"personal access token (or legacy token); default ${TOKEN_ENV}")
     p.add_argument("--workspace", default=None, help=WS_HELP)
-
-
-def _guard(fn):
-    """Wrong input -> one line `fth label <action>: error: ...` on stderr and exit code 2."""
-
-    def run(args: argparse.Namespace) -> int:
-        from heads.labels import LabelError
-        from store.artifacts import ArtifactError
-        from store.frame_index import FrameIndexError
-        from store.recipe import FeatureError
-
-        try:
-            return fn(args)
-        except (LabelError, FeatureError, ArtifactError, FrameIndexError, ValueError, OSError) as e:
-            print(f"fth label {args.heads_cmd}: error: {' '.join(str(e).split())}", file=sys.stderr)
-            return 2
-
-    return run
 
 
 def _client(args: argparse.Namespace):

@@ -119,9 +119,12 @@ def test_push_annotate_pull_refit(capsys, label_studio, ws):
     saved = {t["data"]["frame_id"]: t for t in json.loads(path.read_text())}
     assert saved[first["data"]["frame_id"]]["annotations"][0]["result"][0]["value"]["number"] == fixed
 
-    code, out, err = push(capsys, label_studio, ws, "counts", "--count", "4", "--method", "random")
+    # the next batch by the method that learns from the labels pulled so far (under --switch-at: TypiClust)
+    code, out, err = push(capsys, label_studio, ws, "counts", "--count", "4", "--method", "hybrid")
     assert code == 0, err
-    assert "reused): 4 tasks created" in out and "8 there before" in out and f"head {head_id}" in out
+    assert (
+        "(hybrid" in out and "reused): 4 tasks created" in out and "8 there before" in out and f"head {head_id}" in out
+    )
     after = project_tasks(client, "counts")
     ids = [t["data"]["frame_id"] for t in after]
     assert len(ids) == 12 and len(set(ids)) == 12  # no frame twice
