@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from heads.fit import FitConfig, fit_from_arrays, predict_outputs
-from heads.labels import LabelError, LabelSet, _first
+from heads.join import labelled_rows
+from heads.labels import LabelSet
 from heads.tasks import Task
 from store.recipe import FeatureRecipe
 
@@ -99,11 +100,4 @@ def ensemble_from_labels(
 ) -> Ensemble:
     """`fit_ensemble` on the labelled subset of frames (`features`, `times` aligned with `frame_ids`), joined on our
     frame id as `heads.join.fit_from_labels` joins a single fit."""
-    rows, values = labels.align(list(frame_ids))
-    if len(rows) < len(labels):
-        have = set(frame_ids)
-        missing = [i for i in labels.ids if i not in have]
-        raise LabelError(f"{len(missing)} of {len(labels)} labelled frames have no features: {_first(missing)}")
-    idx = np.asarray(rows, dtype=np.int64)
-    x = features[torch.from_numpy(idx)] if isinstance(features, torch.Tensor) else np.asarray(features)[idx]
-    return fit_ensemble(task, x, values, [times[i] for i in rows], cfg, recipe, k, seed)
+    return fit_ensemble(task, *labelled_rows(labels, frame_ids, features, times), cfg, recipe, k, seed)

@@ -53,6 +53,12 @@ def fit_from_labels(
     if isinstance(task, TaskConfig) and not task.classes and labels.classes:
         task = dataclasses.replace(task, classes=tuple(labels.classes))
     task = task if isinstance(task, Task) else make_task(task)
+    return fit_from_arrays(task, *labelled_rows(labels, frame_ids, features, times), cfg, recipe)
+
+
+def labelled_rows(labels: LabelSet, frame_ids: Sequence[str], features: Any, times: Sequence[Any]):
+    """(features, label values, times) of the labelled frames, joined on our frame id; LabelError naming how many
+    labelled frames have no row here (embed them first)."""
     rows, values = labels.align(list(frame_ids))
     if len(rows) < len(labels):
         have = set(frame_ids)
@@ -60,4 +66,4 @@ def fit_from_labels(
         raise LabelError(f"{len(missing)} of {len(labels)} labelled frames have no features: {_first(missing)}")
     idx = np.asarray(rows, dtype=np.int64)
     x = features if len(idx) == features.shape[0] and (idx == np.arange(len(idx))).all() else features[idx]
-    return fit_from_arrays(task, x, values, [times[i] for i in rows], cfg, recipe)
+    return x, values, [times[i] for i in rows]
