@@ -111,6 +111,7 @@ class Seaweed:
             self.weed, "server", f"-dir={self.dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-master.port={ports[0]}",
             f"-volume.port={ports[1]}", f"-filer.port={ports[2]}", "-s3", f"-s3.port={self.port}",
             "-volume.max=0", "-master.volumeSizeLimitMB=64",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",  # off: their fixed default ports (8181, 9101) clash between runs
         ]  # fmt: skip
         self.log = open(self.dir / "weed.log", "wb")  # noqa: SIM115 - open for the server's life
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)

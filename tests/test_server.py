@@ -242,4 +242,5 @@ def test_openapi_documents_exactly_the_routes(served):
     documented = {(p, m.upper()) for p, ops in doc["paths"].items() for m in ops}
     served_routes = {("/healthz", "GET"), ("/readyz", "GET"), ("/metrics", "GET"), ("/openapi.json", "GET")}
     served_routes |= {("/v1/models", "GET"), ("/v1/embed", "POST"), ("/v1/predict", "POST")}
+    served_routes |= {("/v1/frames/{frame_id}", "GET")}  # signed frame URLs for labelling tools (server.frames)
     assert documented == served_routes
