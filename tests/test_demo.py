@@ -8,6 +8,7 @@ the demo had started is gone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -116,6 +117,7 @@ def test_ctrl_c_during_collection_leaves_nothing_running(tmp_path):
     )
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
+    started: list[int] = []
     try:
         deadline = time.monotonic() + 90
         while not any("frames" in ln and ln.strip().startswith("[") for ln in lines):  # collection under way
@@ -130,6 +132,9 @@ def test_ctrl_c_during_collection_leaves_nothing_running(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            for pid in started:  # the demo's steps run in sessions of their own: a failed test must not leave them
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
     assert "interrupted" in "".join(lines)
     deadline = time.monotonic() + 5
     while (left := [pid for pid in started if alive(pid)]) and time.monotonic() < deadline:
