@@ -114,6 +114,9 @@ def test_ctrl_c_during_collection_leaves_nothing_running(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        # Ctrl-C as at a terminal: a shell starts background jobs with SIGINT ignored, and Python keeps an ignored
+        # SIGINT ignored, so under `make test &` the demo would never see it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
