@@ -135,7 +135,7 @@ def evaluate_task(spec: dict[str, Any], args: argparse.Namespace, encoders: list
         card = registry.card(enc)
         init = random_init_like(registry, card.id, seed=0)
         for name, enc_id in ((card.name or card.id, card.id), (f"random init of {card.name or card.id}", init.id)):
-            recipe = FeatureRecipe(form, layers, card.config["encoder"].get("pool", "mean"))  # type: ignore[arg-type]
+            recipe = FeatureRecipe.for_encoder(card.config, form, layers)
             x, recipe, _ = stored_features(ws, index, enc_id, ids, recipe, embed_step(args.workspace, enc_id), report)
             columns[name] = (x, recipe)
         vit = card.config["encoder"]

@@ -106,15 +106,14 @@ def choose(
     needs_pooled = method == "kcenter" or (method == "hybrid" and len(done_idx) < switch_at)
     if method != "random":
         registry = Registry(ws.artifacts)
-        encoder_id = registry.card(encoder).id if encoder else newest_encoder(registry)
+        enc_card = registry.card(encoder or newest_encoder(registry), "encoder", "--encoder")
+        encoder_id = enc_card.id
     embed = embed_step(workspace, encoder_id) if encoder_id else None
     if needs_pooled:
         x_pooled, _, _ = stored_features(ws, index, encoder_id, ids, FeatureRecipe("pooled"), embed, report)
 
     def uncertainty():
-        pool = Registry(ws.artifacts).card(encoder_id).config.get("encoder", {}).get("pool", "mean")
-        form = task_obj.default_form
-        recipe = FeatureRecipe(form, (-1,), pool)  # type: ignore[arg-type]
+        recipe = FeatureRecipe.for_encoder(enc_card.config, task_obj.default_form)
         x, recipe, _ = stored_features(ws, index, encoder_id, ids, recipe, embed, report)
         cfg = build(FitConfig, config or task_obj.preset, list(overrides))
         times = [index.by_id[i].captured_at for i in ids]

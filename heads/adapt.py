@@ -261,7 +261,6 @@ def run_adapt(
         recipes.setdefault(recipe_key(recipe), recipe)
     ids = index.in_capture_order([r.id for r in index.rows])[-frames:]
     embed_old, embed_new = (embed_for(old), embed_for(new)) if embed_for else (None, None)
-    new_pool = new_card.config.get("encoder", {}).get("pool", "mean")
     doc: dict[str, Any] = {"from": old, "to": new, "method": method, "frames": len(ids), "adapters": [], "heads": []}
     if not heads:
         report(f"no heads are registered on encoder {old}: nothing to adapt")
@@ -269,7 +268,7 @@ def run_adapt(
         x_old = features(ws, index, old, ids, recipe, embed_old, report)
         x_new = features(ws, index, new, ids, recipe, embed_new, report)
         fit = fit_adapter(x_new, x_old, method)
-        new_recipe = FeatureRecipe(recipe.form, recipe.layers, new_pool).completed(x_new)  # type: ignore[arg-type]
+        new_recipe = FeatureRecipe.for_encoder(new_card.config, recipe.form, recipe.layers).completed(x_new)
         card = save_adapter(fit, registry, old, new, recipe, new_recipe)
         scores = ", ".join(f"{m} {v:.4f}" if isinstance(v, float) else f"{m} {v}" for m, v in fit.r2.items())
         report(f"adapter {card.id}: {key} ({new_recipe.describe()} -> D={recipe.dim}), {fit.method}"

@@ -219,15 +219,14 @@ def run_fit(
 
     ws = Workspace.at(req.workspace)
     registry = Registry(ws.artifacts)
-    encoder_id = registry.card(req.encoder).id if req.encoder else newest_encoder(registry)
-    enc_card = registry.card(encoder_id, "encoder", "--encoder")
+    enc_card = registry.card(req.encoder or newest_encoder(registry), "encoder", "--encoder")
+    encoder_id = enc_card.id
     index = FrameIndex(ws.root, ws.catalog, req.source)
     task, labels, fmt, labels_digest = labelled(req, index, report)
     form = task.default_form if req.features == "auto" else req.features
     if task.dense and form != "grid":
         raise LabelError(f"{task.name} reads token grids; --features pooled cannot predict maps or boxes")
-    pool = enc_card.config.get("encoder", {}).get("pool", "mean")
-    recipe = FeatureRecipe(form, tuple(req.layers) if form == "grid" else (-1,), pool)  # type: ignore[arg-type]
+    recipe = FeatureRecipe.for_encoder(enc_card.config, form, req.layers)
     ids = index.in_capture_order(labels.ids)
     x, recipe, embedded = stored_features(ws, index, encoder_id, ids, recipe, embed, report, "labelled frames")
     cfg = build(FitConfig, req.config or task.preset, req.overrides)

@@ -82,6 +82,13 @@ class FeatureRecipe:
         if self.form == POOLED and self.layers != (-1,):
             raise FeatureError(f"pooled features come from the final block only, not layers {list(self.layers)}")
 
+    @classmethod
+    def for_encoder(cls, encoder_config: Mapping[str, Any], form: str, layers: Sequence[int] = (-1,)) -> FeatureRecipe:
+        """The recipe of `form` read from an encoder (its card's config, whose `encoder` section names the pool):
+        grids read `layers`, pooled vectors the final block."""
+        pool = encoder_config.get("encoder", {}).get("pool", "mean")
+        return cls(form, tuple(layers) if form == "grid" else (-1,), pool)  # type: ignore[arg-type]
+
     def tables(self) -> list[str]:
         """The store tables / feature keys this recipe reads, in concatenation order."""
         if self.form == POOLED:
