@@ -139,7 +139,7 @@ def check_project(project: dict[str, Any], task) -> None:
 
 @_guard
 def cmd_push(args: argparse.Namespace) -> int:
-    from fth.label_cli import choose
+    from fth.label_cli import SCORED, choose
     from heads.label_maps import read_classes
     from server.frames import secret, signed_url
     from store.frame_index import FrameIndex
@@ -171,7 +171,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     labels = args.labels or str(label_set_path(args.workspace, args.task))
     in_label_set = {str(t["data"]["frame_id"]) for t in read_label_set(Path(labels)) if labels.endswith(".json")
                     and t.get("data", {}).get("frame_id")} if Path(labels).is_file() else set()  # fmt: skip
-    extra = {} if args.method in ("kcenter", "random") else {"task": args.task, "labels": labels}
+    extra = {"task": args.task, "labels": labels} if args.method in SCORED else {}
     if extra and not Path(labels).exists():
         raise ValueError(f"--method {args.method} learns from labels and there are none yet at {labels}: push a first "
                          f"batch with --method kcenter (or random), label and pull it, or pass --labels")  # fmt: skip
@@ -185,10 +185,10 @@ def cmd_push(args: argparse.Namespace) -> int:
         row = index.by_id[fid]
         data = {"image": signed_url(args.frames_url, key, fid, ttl), "frame_id": fid, "source": row.source,
                 "captured_at": row.captured_at, "rank": rank, "method": sel.method}  # fmt: skip
-        task: dict[str, Any] = {"data": data}
+        ls_task: dict[str, Any] = {"data": data}
         if head_id:
-            task["predictions"] = [{"model_version": head_id, "result": answers[rank]}]
-        tasks.append(task)
+            ls_task["predictions"] = [{"model_version": head_id, "result": answers[rank]}]
+        tasks.append(ls_task)
     created_project = project is None
     if created_project:
         project = client.create_project(args.project, config, f"fth {args.task} labels, pushed by fth label push")
