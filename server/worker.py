@@ -8,7 +8,13 @@
    poller, which costs one file descriptor. A head still incomplete after `header_timeout_s` is dropped. Bodies are
    read by the request thread (a slow body still holds one thread for up to `body_timeout_s` per read); the README's
    serving section says when to put a buffering proxy in front.
-2. **gunicorn's own refusals are JSON.** A request gunicorn itself refuses (header too large, bad request line)
+2. **A connection deferred while the worker stops is still answered.** (1) defers every new connection whose head has
+   not arrived yet; gthread's `finish_request` only puts a deferred connection back in the poller while the worker is
+   alive, and closes it unanswered once it is stopping. A swap stops the old workers while clients connect: a client
+   accepted just before the SIGTERM, whose request head came a moment later, got a dropped connection. Here it goes
+   back in the poller either way; the stopping worker's shutdown loop answers it (`Connection: close`) within
+   gunicorn's keep-alive wait.
+3. **gunicorn's own refusals are JSON.** A request gunicorn itself refuses (header too large, bad request line)
    gets the service's `{"error": {"code", "message"}}` body instead of gunicorn's HTML page.
 """
 
@@ -16,8 +22,10 @@ from __future__ import annotations
 
 import json
 import re
+import selectors
 import socket
 import time
+from functools import partial
 
 from gunicorn import util
 from gunicorn.workers import gthread
@@ -85,6 +93,15 @@ class ThreadWorker(gthread.ThreadWorker):
         conn.head_deadline = None  # the next request on this kept-alive connection gets its own deadline
         conn.data_ready = True
         return super().handle(conn)
+
+    def finish_request(self, conn: gthread.TConn, fs) -> None:
+        if self.alive or fs.cancelled() or fs.exception() is not None or fs.result() is not gthread._DEFER:
+            return super().finish_request(conn, fs)
+        # gthread's own deferral, minus its `self.alive` condition (see the module docstring, 2)
+        conn.sock.setblocking(False)
+        conn.timeout = time.monotonic() + self.cfg.keepalive
+        self.pending_conns.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn))
 
     def handle_request(self, req, conn: gthread.TConn):
         conn.sock.settimeout(self.body_timeout_s)  # each read of the body (and write of the answer) is bounded
