@@ -49,7 +49,10 @@ SETTINGS: dict[str, tuple[list[str], list[str]]] = {
     # the frames' own 192x320 at the same 8 px patches: a 24x40 token grid, 4x the tokens (bench/depth_ceiling.py:
     # a per-cell depth head can gain at most 18% over the scene prior at 12x20, 45% at 24x40)
     "fine_grid": (["model.encoder.img_size=[192,320]"], []),
-    "fine_grid_wide128": (["model.encoder.img_size=[192,320]", "model.encoder.dim=128", "model.encoder.dim_head=32"], []),
+    "fine_grid_wide128": (
+        ["model.encoder.img_size=[192,320]", "model.encoder.dim=128", "model.encoder.dim_head=32"],
+        [],
+    ),
 }
 # the same encoders read as pooled vectors (the MLP head): no training, an eval each
 SETTINGS |= {f"{k}_pooled": (t, ["--features", "pooled"]) for k, (t, e) in list(SETTINGS.items()) if not e}
