@@ -5,27 +5,18 @@ run through the CLI's `main`."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 
+from fth_cli import run
 from serving import tiny_encoder
 from sim_workspace import sim_config, sim_workspace
 
 from collector.sim import write_labels
-from fth.cli import main
 from fth.model_init import random_init_like
 from store.artifacts import Registry
 from store.catalog import Catalog
 
 QUICK = ["--set", "max_steps=80", "--set", "threads=1"]
-
-
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(["--log-level", "WARNING", *argv])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def head_id(stdout: str) -> str:

@@ -9,20 +9,18 @@ frames once `switch_at` frames are labelled.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from fth_cli import run
 from serving import tiny_encoder
 from sim_workspace import sim_config, sim_workspace
 
 from collector.sim import write_labels
-from fth.cli import main
 from heads.active import bootstrap, fit_ensemble
 from heads.fit import FitConfig
 from heads.select import choose_indices, typicality
@@ -152,13 +150,6 @@ def test_choose_indices_refuses_what_a_method_cannot_use():
 
 
 # -- the command, end to end on a small sim workspace ---------------------------------------------------------------
-
-
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(["--log-level", "WARNING", *argv])
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,13 @@ here the margins are the deterministic ones of seed 0.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pytest
+from fth_cli import run as _run
 from serving import tiny_encoder
 from sim_workspace import day, sim_config, sim_workspace
 
-from fth.cli import main
 from heads.drift import DriftConfig, DriftError, FrameRef, classifier_auc, mmd_test, parse_days, score_sources
 from server.metrics import MULTIPROC_ENV, Metrics
 from store.drift_latest import read_latest
@@ -27,10 +25,7 @@ REFERENCE = f"{day(0)}..{day(3)}"
 
 
 def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(["--log-level", "ERROR", *argv])
-    return rc, out.getvalue(), err.getvalue()
+    return _run(*argv, level="ERROR")
 
 
 def stream(root, change_day: int):

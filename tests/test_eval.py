@@ -10,17 +10,15 @@ is measured by `fth eval` itself, README "fth eval").
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import numpy as np
 import pytest
+from fth_cli import run as _run
 from serving import tiny_encoder
 from sim_workspace import sim_config, sim_workspace
 
 from collector.sim import write_labels
-from fth.cli import main
 from store.artifacts import Registry
 from store.catalog import Catalog
 
@@ -28,10 +26,7 @@ FAST = ["--set", "max_steps=60", "--set", "threads=1", "--seeds", "2"]
 
 
 def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(["--log-level", "ERROR", *argv])
-    return rc, out.getvalue(), err.getvalue()
+    return _run(*argv, level="ERROR")
 
 
 @pytest.fixture(scope="module")

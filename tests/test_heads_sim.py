@@ -13,7 +13,6 @@ patience 20, lr 1e-3; with patience 10 it stopped at step 200 and kept the prior
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -25,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 import torch
+from fth_cli import run
 from PIL import Image
 from serving import tiny_encoder
 
@@ -33,7 +33,6 @@ from collector.sim import frame, write_labels
 from encoder.checkpoint import save_encoder
 from encoder.config import MAEConfig
 from encoder.vit import ViT
-from fth.cli import main
 from fth.config import build
 from store.artifacts import Registry
 from store.catalog import Catalog
@@ -42,13 +41,6 @@ from store.paths import Workspace
 N, STEP = 200, 30  # frame index k*30: 6000 frames at 5 fps and 360x = 5 simulated days
 FAST = ["--max-label-side", "80", "--set", "threads=1"]
 SHORT = ["--set", "max_steps=100"]  # scalar heads settle within 100 steps; dense ones run their default 400
-
-
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(["--log-level", "WARNING", *argv])
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ and serves it through the unchanged `fth heads fit` / `fth heads predict` comman
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -15,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fth_cli import run
 from PIL import Image
 from serving import tiny_encoder
 
-from fth.cli import main
 from heads import labels as L
 from heads.tasks import TASKS, Task, register_task
 from store.catalog import Catalog
@@ -59,13 +58,6 @@ class Brightness(Task):
         from heads.plots import scatter
 
         return scatter(path, target.numpy(), out[:, 0].numpy(), title, "true brightness", "predicted brightness")
-
-
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(["--log-level", "WARNING", *argv])
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture

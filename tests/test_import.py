@@ -4,9 +4,7 @@ PostgreSQL + S3 (real servers on loopback, tests/conftest.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import os
 import sqlite3
 import subprocess
@@ -15,23 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fth_cli import run
 from PIL import Image
 from serving import tiny_encoder
 from test_storage import CLEAN, remote_settings
 
-from fth.cli import main
 from store.backends import open_catalog
 from store.frame_index import FrameIndex
 from store.paths import Workspace
 
 EXIF_TIME = datetime(2025, 7, 14, 9, 30, tzinfo=UTC)
-
-
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(["--log-level", "WARNING", *argv])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def image(seed: int, size=(48, 64)) -> Image.Image:

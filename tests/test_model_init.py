@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import torch
+from fth_cli import run
 from serving import tiny_encoder
 
 from encoder.checkpoint import load_encoder
-from fth.cli import main
 from store.artifacts import Registry
-
-
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(["--log-level", "WARNING", *argv])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def test_init_like_builds_the_same_architecture_at_seeded_random_init(workspace):
