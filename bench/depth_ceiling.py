@@ -10,9 +10,10 @@ workspace, with no head training at all:
   (per cell, the AbsRel-optimal factor: a weighted median). No head whose output is constant over a token's pixels
   can beat it; a head with sub-token detail could, only as far as the features locate a person inside a cell. Also
   for the grids of 32, 16, 8 and 4 px patches: what a finer token grid would allow.
-- `ridge` per encoder: a linear map from each token's features to its cell's mean log-depth residual (ridge on
-  standardised features, alpha picked on the last fifth of the training frames), added to the prior: what the
-  features carry linearly about the residual, for the trained encoder and its random init.
+- `ridge` per encoder: a linear map from each token's features to its cell's log AbsRel-optimal factor (the
+  oracle's target, from the training truth; ridge on standardised features, alpha picked on the last fifth of the
+  training frames), applied to the prior: what the features carry linearly about the people in a cell, for the
+  trained encoder and its random init.
 
 The labelled frames are ordered by capture time: the earliest `--labels` train (and pick alpha), the latest
 `--test` are scored, as `fth eval` splits them.
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import table, write_json  # noqa: E402
 
-ALPHAS = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7)
+ALPHAS = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, float("inf"))  # inf: no map at all, the prior itself
 
 
 def absrel(pred: torch.Tensor, y: torch.Tensor) -> float:
@@ -57,21 +58,28 @@ def per_cell(values: torch.Tensor, n: int, grid: tuple[int, int], size: tuple[in
     return values.reshape(n, gh, gw).repeat_interleave(h // gh, 1).repeat_interleave(w // gw, 2)
 
 
-def oracle(prior: torch.Tensor, y: torch.Tensor, grid: tuple[int, int]) -> float:
-    """AbsRel of the prior times the AbsRel-optimal factor per cell, chosen from the truth `y` itself."""
+def cell_factors(prior: torch.Tensor, y: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(N * gh * gw,) per token cell, the factor on the prior that minimises AbsRel against `y` there (a weighted
+    median of y / prior; 1 for a cell without valid pixels)."""
     from heads.tasks.depth import _weighted_median
 
     ratio = torch.where(y > 0, y / prior, torch.zeros_like(y))
     weights = torch.where(y > 0, prior / y.clamp_min(1e-6), torch.zeros_like(y))  # |p f - y| / y = (p / y)|f - y / p|
     factor = _weighted_median(cells(ratio, grid), cells(weights, grid))
-    factor = torch.where(factor > 0, factor, torch.ones_like(factor))
-    return absrel(prior * per_cell(factor, len(y), grid, tuple(y.shape[-2:])), y)
+    return torch.where(factor > 0, factor, torch.ones_like(factor))
+
+
+def oracle(prior: torch.Tensor, y: torch.Tensor, grid: tuple[int, int]) -> float:
+    """AbsRel of the prior times the AbsRel-optimal factor per cell, chosen from the truth `y` itself."""
+    return absrel(prior * per_cell(cell_factors(prior, y, grid), len(y), grid, tuple(y.shape[-2:])), y)
 
 
 def ridge(x_tr: np.ndarray, r_tr: np.ndarray, x_te: np.ndarray, alpha: float) -> np.ndarray:
     """Ridge regression on standardised features (rows = token cells): predictions for x_te. No intercept: the
     residual is against the AbsRel-optimal prior, so a large alpha gives the prior back (a constant shift of log
     depth only costs AbsRel)."""
+    if np.isinf(alpha):
+        return np.zeros(len(x_te))
     mu, sd = x_tr.mean(0), x_tr.std(0) + 1e-6
     xs = (x_tr - mu) / sd
     w = np.linalg.solve(xs.T @ xs + alpha * np.eye(xs.shape[1]), xs.T @ r_tr)
@@ -79,22 +87,18 @@ def ridge(x_tr: np.ndarray, r_tr: np.ndarray, x_te: np.ndarray, alpha: float) ->
 
 
 def probe(tokens_tr, tokens_te, prior, y_tr, y_te) -> tuple[float, float]:
-    """(AbsRel on the test frames, alpha) of prior x exp(ridge residual per cell)."""
+    """(AbsRel on the test frames, alpha) of prior x exp(ridge prediction per cell), the ridge fitted to each training
+    cell's log AbsRel-optimal factor (the oracle's target: a cell's mean residual would be the wrong one, since a
+    person covering part of a cell moves the mean while the best factor for the cell's pixels stays 1)."""
     n, gh, gw, d = tokens_tr.shape
-    log_prior = prior.log()
-    residual = torch.where(y_tr > 0, y_tr.clamp_min(1e-6).log() - log_prior, torch.zeros_like(y_tr))
-    pool = torch.nn.functional.adaptive_avg_pool2d
-    num = pool(residual[:, None], (gh, gw))[:, 0]
-    den = pool((y_tr > 0).float()[:, None], (gh, gw))[:, 0]
-    r = (num / den.clamp_min(1e-6)).reshape(-1).numpy()
+    r = cell_factors(prior, y_tr, (gh, gw)).log().numpy()
     x = tokens_tr.reshape(-1, d)
     cut = int(n * 0.8) * gh * gw  # alpha from the last fifth of the training frames
     size = tuple(y_te.shape[-2:])
 
     def score(xa, ra, xb, yb, alpha):
         pred = torch.as_tensor(ridge(xa, ra, xb.reshape(-1, d), alpha), dtype=torch.float32)
-        up = torch.nn.functional.interpolate(pred.reshape(len(yb), 1, gh, gw), size=size, mode="nearest")[:, 0]
-        return absrel(prior * up.exp(), yb)
+        return absrel(prior * per_cell(pred.exp(), len(yb), (gh, gw), size), yb)
 
     best = min(ALPHAS, key=lambda a: score(x[:cut], r[:cut], x[cut:], y_tr[int(n * 0.8) :], a))
     return score(x, r, tokens_te, y_te, best), best

@@ -49,6 +49,8 @@ SETTINGS: dict[str, tuple[list[str], list[str]]] = {
     # the frames' own 192x320 at the same 8 px patches: a 24x40 token grid, 4x the tokens (bench/depth_ceiling.py:
     # a per-cell depth head can gain at most 18% over the scene prior at 12x20, 45% at 24x40)
     "fine_grid": (["model.encoder.img_size=[192,320]"], []),
+    "wide128_steps3000": (["model.encoder.dim=128", "model.encoder.dim_head=32", "max_steps=3000"], []),
+    "wide256": (["model.encoder.dim=256", "model.encoder.dim_head=64"], []),
     "fine_grid_wide128": (
         ["model.encoder.img_size=[192,320]", "model.encoder.dim=128", "model.encoder.dim_head=32"],
         [],
