@@ -82,8 +82,12 @@ def reduced_dim(cfg: HeadConfig) -> int:
     return cfg.reduce if is_grid and 0 < cfg.reduce < cfg.in_dim else cfg.in_dim
 
 
+CONSTANT_SHARE = 0.01  # Reduce: a feature whose training spread is under this share of the median one is constant
+
+
 class Reduce(nn.Module):
-    """x: (..., D) -> (..., P): (x - mean) / std, then (when P < D) times a whitened PCA basis (D, P)."""
+    """x: (..., D) -> (..., P): (x - mean) / std, then (when P < D) times a whitened PCA basis (D, P). Features
+    (nearly) constant in the training frames have std = inf: they read as 0 whatever they do later."""
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
@@ -110,7 +114,13 @@ class Reduce(nn.Module):
                 k = min(part.shape[0], -(-max_rows * min(chunk, x.shape[0] - i) // x.shape[0]))
                 sample.append(part[torch.randperm(part.shape[0], generator=gen)[:k]])
         self.mean.copy_(mean.float())
-        self.std.copy_((m2 / n).sqrt().float().clamp_min(1e-6))
+        std = (m2 / n).sqrt().float()
+        # A feature that hardly moves in the training frames (under CONSTANT_SHARE of the median feature's spread:
+        # a burned-in clock's date digits, the sim's frame-index stamp) says nothing the head can learn from, and
+        # standardising it by its tiny spread turns its first change after training into thousands of sigmas: a
+        # people count head fitted on a few days of 24 frames answered 8e7 people. Such a feature is read as 0.
+        floor = CONSTANT_SHARE * std.median().clamp_min(1e-12)
+        self.std.copy_(torch.where(std < floor, torch.full_like(std, float("inf")), std.clamp_min(1e-6)))
         if self.basis is not None:
             z = (torch.cat(sample) - self.mean) / self.std  # (rows, D), standardised: float32 products are enough
             cov = (z.T @ z).double() / max(1, z.shape[0] - 1)  # (D, D)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,3 +76,28 @@ def test_attention_pool_is_plain_attention_over_projected_tokens():
 def test_config_presets_load(preset):
     cfg = build(FitConfig, preset)
     assert cfg.head.in_dim == 0 and cfg.max_steps > 0
+
+
+def test_a_feature_constant_in_training_cannot_blow_up_a_head():
+    """A burned-in clock (the sim's frame-index stamp) gives features that hardly move over the training frames and
+    jump later. Standardised by their training spread they became thousands of sigmas: a people count head fitted
+    on 24 frames answered 8e7 people. Now they read as 0, and the head answers as if the overlay had not changed."""
+    from heads.fit import FitConfig, fit_from_arrays
+    from heads.tasks import make_task
+
+    rng = np.random.default_rng(0)
+    n, d = 60, 16
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    counts = np.clip(np.round(2 + 1.5 * x[:, 0]), 0, None)
+    overlay = np.full((n, 1), 0.02, np.float32) + rng.normal(0, 1e-5, (n, 1)).astype(np.float32)  # the date digit
+    feats = np.concatenate([x, overlay], axis=1)
+    cfg = FitConfig(max_steps=60, threads=1)
+    result = fit_from_arrays("people_count", feats, counts.tolist(), None, cfg)
+    head, task = result.head.eval(), make_task("people_count")
+    changed = feats.copy()
+    changed[:, -1] = 0.9  # the digit rolls over after the labelled days
+    with torch.no_grad():
+        same = [a["count"] for a in task.decode(head(torch.as_tensor(feats)))]
+        moved = [a["count"] for a in task.decode(head(torch.as_tensor(changed)))]
+    assert max(same) < 20 and np.allclose(same, moved), (same[:5], moved[:5])
+    assert torch.isinf(head.reduce.std[-1]) and torch.isfinite(head.reduce.std[:-1]).all()
