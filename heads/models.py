@@ -22,6 +22,7 @@ H attention heads.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -82,18 +83,33 @@ def reduced_dim(cfg: HeadConfig) -> int:
     return cfg.reduce if is_grid and 0 < cfg.reduce < cfg.in_dim else cfg.in_dim
 
 
-CONSTANT_SHARE = 0.01  # Reduce: a feature whose training spread is under this share of the median one is constant
+RANGE_MARGIN = 0.1  # Reduce: inputs are clamped to the training range widened by this share of it on each side
 
 
 class Reduce(nn.Module):
-    """x: (..., D) -> (..., P): (x - mean) / std, then (when P < D) times a whitened PCA basis (D, P). Features
-    (nearly) constant in the training frames have std = inf: they read as 0 whatever they do later."""
+    """x: (..., D) -> (..., P): clamped to the training range (widened by RANGE_MARGIN of it), (x - mean) / std,
+    then (when P < D) times a whitened PCA basis (D, P).
+
+    The clamp: a feature that hardly moves in the training frames (a burned-in clock's date digits, the sim's
+    frame-index stamp under video compression) says nothing a head can learn from, and standardised by its tiny
+    spread its first change after training is hundreds of sigmas: people count heads fitted on 24 early frames
+    answered 147 and 8e7 people. Clamped, such a feature stays near where training left it (at most RANGE_MARGIN of
+    its range beyond), and no input can reach further from the training frames than that; ordinary features keep the
+    same room to extrapolate (a head fitted on a few dozen labels is not to be trusted much further anyway).
+    """
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
         self.register_buffer("mean", torch.zeros(in_dim))
         self.register_buffer("std", torch.ones(in_dim))
+        self.register_buffer("low", torch.full((in_dim,), -math.inf))
+        self.register_buffer("high", torch.full((in_dim,), math.inf))
         self.register_buffer("basis", torch.eye(in_dim, out_dim) if out_dim < in_dim else None)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("low", "high"):  # heads saved before the clamp existed have no range: they load unclamped
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def fit(self, x, chunk: int = 256, max_rows: int = 65536, seed: int = 0) -> None:
@@ -101,12 +117,14 @@ class Reduce(nn.Module):
         frames; the PCA basis from at most `max_rows` token rows spread over the frames."""
         d = x.shape[-1]
         n, mean, m2 = 0, torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
+        lo, hi = torch.full((d,), math.inf), torch.full((d,), -math.inf)
         sample = []
         gen = torch.Generator().manual_seed(seed)
         for i in range(0, x.shape[0], chunk):
             part = as_float(x[i : i + chunk]).reshape(-1, d)  # (b * ..., D)
             # two-pass moments of the chunk in float32, merged across chunks in float64 (Chan et al.'s update)
             b = part.shape[0]
+            lo, hi = torch.minimum(lo, part.amin(0)), torch.maximum(hi, part.amax(0))
             mean_c = part.sum(0) / b
             m2_c, delta = (part - mean_c).square_().sum(0).double(), mean_c.double() - mean
             mean, m2, n = mean + delta * b / (n + b), m2 + m2_c + delta * delta * n * b / (n + b), n + b
@@ -114,13 +132,10 @@ class Reduce(nn.Module):
                 k = min(part.shape[0], -(-max_rows * min(chunk, x.shape[0] - i) // x.shape[0]))
                 sample.append(part[torch.randperm(part.shape[0], generator=gen)[:k]])
         self.mean.copy_(mean.float())
-        std = (m2 / n).sqrt().float()
-        # A feature that hardly moves in the training frames (under CONSTANT_SHARE of the median feature's spread:
-        # a burned-in clock's date digits, the sim's frame-index stamp) says nothing the head can learn from, and
-        # standardising it by its tiny spread turns its first change after training into thousands of sigmas: a
-        # people count head fitted on a few days of 24 frames answered 8e7 people. Such a feature is read as 0.
-        floor = CONSTANT_SHARE * std.median().clamp_min(1e-12)
-        self.std.copy_(torch.where(std < floor, torch.full_like(std, float("inf")), std.clamp_min(1e-6)))
+        self.std.copy_((m2 / n).sqrt().float().clamp_min(1e-6))
+        margin = RANGE_MARGIN * (hi - lo)
+        self.low.copy_(lo - margin)
+        self.high.copy_(hi + margin)
         if self.basis is not None:
             z = (torch.cat(sample) - self.mean) / self.std  # (rows, D), standardised: float32 products are enough
             cov = (z.T @ z).double() / max(1, z.shape[0] - 1)  # (D, D)
@@ -130,7 +145,7 @@ class Reduce(nn.Module):
             self.basis.copy_((axes / top.clamp_min(1e-6).sqrt()).float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = (x - self.mean) / self.std
+        z = (torch.clamp(x, self.low, self.high) - self.mean) / self.std
         return z if self.basis is None else z @ self.basis
 
 

@@ -90,10 +90,10 @@ def test_quick_demo_runs_every_step_and_stops_everything(tmp_path):
         assert h["plots"] >= 1
 
     ev = summary["eval"]  # the label-efficiency curve: the encoder, its random init and raw pixels at each budget
-    assert ev["task"] == "time_of_day" and len(ev["columns"]) == 3 and ev["rows"][0][0] == 30 and len(ev["rows"]) >= 2
+    assert ev["task"] == "people_count" and len(ev["columns"]) == 3 and ev["rows"][0][0] == 30 and len(ev["rows"]) >= 2
     assert all(len(means) == 3 and None not in means for _, means, _ in ev["rows"])
     report = (ws / "report.md").read_text()
-    assert "## Label efficiency" in report and "eval/time_of_day.png" in report
+    assert "## Label efficiency" in report and "eval/people_count.png" in report
     links = re.findall(r"\]\(([^)]+)\)", report)
     images = [link for link in links if link.endswith(".png")]
     assert any("panels/" in link for link in images) and any("heads/" in link for link in images)
