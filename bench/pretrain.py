@@ -59,7 +59,6 @@ SETTINGS: dict[str, tuple[list[str], list[str]]] = {
     "wide128_steps2000_seed1": (["model.encoder.dim=128", "model.encoder.dim_head=32", "max_steps=2000", "seed=1"], []),
     "wide128_steps2000_seed2": (["model.encoder.dim=128", "model.encoder.dim_head=32", "max_steps=2000", "seed=2"], []),
     "wide128_steps3000_seed1": (["model.encoder.dim=128", "model.encoder.dim_head=32", "max_steps=3000", "seed=1"], []),
-    "wide256": (["model.encoder.dim=256", "model.encoder.dim_head=64"], []),
     "fine_grid_wide128": (
         ["model.encoder.img_size=[192,320]", "model.encoder.dim=128", "model.encoder.dim_head=32"],
         [],
