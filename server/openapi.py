@@ -29,6 +29,7 @@ ERRORS = {
     "406": _error("None of the types in Accept can be produced."),
     "408": _error("The request body did not arrive in time."),
     "413": _error("Body too large, too many images, or an image with too many pixels."),
+    "414": _error("Request line (path and query) longer than the server's limit of 4094 bytes."),
     "415": _error("Unsupported Content-Type or image format."),
     "422": _error("Well-formed JSON of the wrong shape, or invalid base64."),
     "503": _error("Queue full, shutting down, or not ready; retry after the Retry-After header."),
@@ -225,6 +226,7 @@ def document(version: str = "1") -> dict[str, Any]:
                         },
                         "403": ERRORS["403"],
                         "404": _error("No such frame in the catalog."),
+                        "414": ERRORS["414"],
                     },
                 }
             },
@@ -288,6 +290,7 @@ def document(version: str = "1") -> dict[str, Any]:
                         "404",
                         "408",
                         "413",
+                        "414",
                         "415",
                         "422",
                         "503",
