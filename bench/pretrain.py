@@ -59,6 +59,12 @@ SETTINGS: dict[str, tuple[list[str], list[str]]] = {
     "wide128_steps2000_seed1": (["model.encoder.dim=128", "model.encoder.dim_head=32", "max_steps=2000", "seed=1"], []),
     "wide128_steps2000_seed2": (["model.encoder.dim=128", "model.encoder.dim_head=32", "max_steps=2000", "seed=2"], []),
     "wide128_steps3000_seed1": (["model.encoder.dim=128", "model.encoder.dim_head=32", "max_steps=3000", "seed=1"], []),
+    # every patch in the loss, not only the masked ones: a visible token must carry its own patch (a small person)
+    "wide128_visloss": (["model.encoder.dim=128", "model.encoder.dim_head=32", "model.visible_loss_weight=1.0"], []),
+    "wide128_visloss_seed1": (
+        ["model.encoder.dim=128", "model.encoder.dim_head=32", "model.visible_loss_weight=1.0", "seed=1"],
+        [],
+    ),
     "fine_grid_wide128": (
         ["model.encoder.img_size=[192,320]", "model.encoder.dim=128", "model.encoder.dim_head=32"],
         [],

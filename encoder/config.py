@@ -85,9 +85,13 @@ class MAEConfig:
     Args:
         mask_ratio: fraction of patches hidden from the encoder; exactly int(N * (1 - mask_ratio)) stay visible.
         norm_pix_loss: regress per-patch normalised pixels (mean 0, variance 1 per patch).
+        visible_loss_weight: weight of the visible patches' reconstruction in the loss, relative to a masked patch's
+            (0: masked patches only, as in the MAE paper; 1: every patch counts alike, so each visible token must carry
+            its own patch, e.g. a small person the masked patches around it do not predict).
     """
 
     encoder: ViTConfig = field(default_factory=ViTConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     mask_ratio: float = 0.75
     norm_pix_loss: bool = True
+    visible_loss_weight: float = 0.0

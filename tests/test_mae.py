@@ -78,6 +78,18 @@ def test_loss_ignores_visible_predictions_and_reacts_to_masked(tiny):
     torch.testing.assert_close(out.loss, manual)
 
 
+@torch.no_grad()
+def test_visible_loss_weight_counts_visible_patches():
+    torch.manual_seed(0)
+    mae = MAE(build(MAEConfig, "tiny", ["visible_loss_weight=1.0"]))
+    imgs = torch.randn(2, 3, 64, 96)
+    out = mae(imgs, generator=torch.Generator().manual_seed(1))
+    every_patch = ((out.pred - mae.target(imgs)) ** 2).mean(-1).mean()  # weight 1: all patches alike
+    torch.testing.assert_close(out.loss, every_patch)
+    visible = (out.mask == 0)[..., None]
+    assert mae.forward_loss(imgs, out.pred + 0.1 * visible * torch.randn_like(out.pred), out.mask) != out.loss
+
+
 def test_a_few_steps_on_a_fixed_batch_reduce_the_loss():
     torch.manual_seed(0)
     mae = MAE(build(MAEConfig, "tiny"))
