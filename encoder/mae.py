@@ -128,7 +128,7 @@ class MAE(nn.Module):
         return target
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Weighted mean of the per-patch MSE: masked patches weigh 1, visible ones `visible_loss_weight` (default 0)."""
+        """Weighted mean of the per-patch MSE: masked patches weigh 1, visible ones `visible_loss_weight`."""
         per_patch = ((pred.float() - self.target(imgs).float()) ** 2).mean(dim=-1)  # (B, N)
         weight = mask.float() + self.cfg.visible_loss_weight * (1 - mask.float())
         return (per_patch * weight).sum() / weight.sum()

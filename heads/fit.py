@@ -28,7 +28,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from heads.models import HeadConfig, as_float, build_head, init_output_bias, num_params, output_bias, resolve_kind
+from heads.models import (
+    HeadConfig,
+    as_float,
+    build_head,
+    init_output_bias,
+    num_params,
+    output_bias,
+    pooled_axes_for,
+    resolve_kind,
+)
 from heads.tasks import Task, TaskConfig, make_task
 from store.recipe import FeatureRecipe
 
@@ -333,6 +342,7 @@ def _fit(task: Task, features: Any, labels: Any, times: Any, cfg: FitConfig, rec
     head_cfg = replace(cfg.head, in_dim=recipe.dim, out_dim=task.out_dim, grid=recipe.grid, dense=task.dense,
                        prior=prior, prior_size=tuple(y.shape[-2:]) if prior else (0, 0))  # fmt: skip
     head_cfg = replace(head_cfg, **task.head_defaults())
+    head_cfg = replace(head_cfg, pooled_axes=pooled_axes_for(head_cfg, len(split.train)))
     head = build_head(head_cfg)
     head.reduce.fit(_RowView(features, split.train), seed=cfg.seed)
     x = reduce_features(head, features)  # (B, ..., P) float32, computed once

@@ -123,3 +123,59 @@ def test_heads_saved_before_the_clamp_still_load():
     reduce = Reduce(3, 3)
     reduce.load_state_dict(old, strict=True)
     assert torch.isinf(reduce.low).all() and torch.isinf(reduce.high).all()
+
+
+def _off_span_probe(head, x_train: np.ndarray, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Three feature rows: the training mean, and it moved either way by at most half a training std per feature along
+    a direction the (standardised, centred) training frames do not span: a random one, or where `weights` (H, D)
+    reach furthest off the span."""
+    reduce = head.reduce
+    z = (torch.as_tensor(x_train) - reduce.mean) / reduce.std
+    q, _ = torch.linalg.qr((z - z.mean(0)).T)  # (D, n) orthonormal: the frames' span
+    if weights is None:
+        r = torch.randn(z.shape[1], generator=torch.Generator().manual_seed(0))
+        r = r - q @ (q.T @ r)
+    else:
+        r = torch.linalg.svd(weights - (weights @ q) @ q.T, full_matrices=False).Vh[0]
+    step = 0.5 * reduce.std * r / r.abs().max()
+    return torch.stack([reduce.mean, reduce.mean + step, reduce.mean - step])
+
+
+def test_a_pooled_head_wider_than_its_training_frames_reads_only_their_span():
+    """Pooled vectors far wider than the training frames (fth eval's 2880-wide pixel vectors, 24 frames): Adam moves
+    each first-layer weight by about lr per step, also off the frames' span where no loss holds it, and people count
+    heads answered e^20 people on later frames in 5 of 10 seeds. Projected onto the n - 1 axes the frames span, a
+    head's answer cannot move along any other direction; without the projection (head.reduce=0) a half-std move
+    along its own off-span weights moves it by over a quarter."""
+    from heads.fit import FitConfig, fit_from_arrays
+    from heads.tasks import make_task
+
+    rng = np.random.default_rng(0)
+    n, d = 40, 600
+    latent = rng.normal(size=(n, 3))
+    x = (latent @ rng.normal(size=(3, d)) + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
+    counts = np.clip(np.round(3 + 1.5 * latent[:, 0]), 0, None).tolist()
+    task = make_task("people_count")
+
+    def fit(reduce: int):
+        result = fit_from_arrays("people_count", x, counts, None, FitConfig(max_steps=100, threads=1,
+                                 head=HeadConfig(reduce=reduce)))  # fmt: skip
+        return result, result.head.eval(), x[result.split.train]
+
+    def answers(head, probe):
+        with torch.no_grad():
+            return [a["count"] for a in task.decode(head(probe))]
+
+    result, head, x_train = fit(64)
+    assert result.head_cfg.pooled_axes == len(x_train) - 1 == head.reduce.basis.shape[1]
+    gram = head.reduce.basis.T @ head.reduce.basis  # not whitened: orthogonal axes, one common scale
+    torch.testing.assert_close(gram, gram[0, 0] * torch.eye(gram.shape[0]), atol=1e-5 * gram[0, 0].item(), rtol=0)
+    same, *moved = answers(head, _off_span_probe(head, x_train))
+    assert moved == pytest.approx([same, same], rel=1e-5)
+    assert result.metrics["mae"] < 0.6 * result.baseline["mae"]  # and it still learned the count
+
+    result, head, x_train = fit(0)  # the head as before: standardised only
+    assert result.head_cfg.pooled_axes == 0 and head.reduce.basis is None
+    first = next(m for m in head.body.modules() if isinstance(m, torch.nn.Linear)).weight.detach()  # (H, D)
+    same, *moved = answers(head, _off_span_probe(head, x_train, first))
+    assert max(abs(m / same - 1) for m in moved) > 0.25, (same, moved)
