@@ -154,6 +154,10 @@ class FitResult:
         if self.stopped_at_cap:
             out.append(f"the fit was still improving at its last step ({self.max_steps}): raise max_steps "
                        "(--set max_steps=...)")  # fmt: skip
+        if self.head_cfg.pooled_axes:
+            cfg = self.head_cfg
+            out.append(f"pooled vectors {cfg.in_dim} wide on {len(self.split.train)} training frames: the head reads "
+                       f"the {cfg.pooled_axes} axes those frames span (label more frames to read more)")  # fmt: skip
         return out
 
     def summary(self) -> dict[str, Any]:

@@ -168,6 +168,7 @@ def test_a_pooled_head_wider_than_its_training_frames_reads_only_their_span():
 
     result, head, x_train = fit(64)
     assert result.head_cfg.pooled_axes == len(x_train) - 1 == head.reduce.basis.shape[1]
+    assert any("axes those frames span" in note for note in result.notes())  # `fth heads fit` prints it
     gram = head.reduce.basis.T @ head.reduce.basis  # not whitened: orthogonal axes, one common scale
     torch.testing.assert_close(gram, gram[0, 0] * torch.eye(gram.shape[0]), atol=1e-5 * gram[0, 0].item(), rtol=0)
     same, *moved = answers(head, _off_span_probe(head, x_train))
@@ -175,7 +176,7 @@ def test_a_pooled_head_wider_than_its_training_frames_reads_only_their_span():
     assert result.metrics["mae"] < 0.6 * result.baseline["mae"]  # and it still learned the count
 
     result, head, x_train = fit(0)  # the head as before: standardised only
-    assert result.head_cfg.pooled_axes == 0 and head.reduce.basis is None
+    assert result.head_cfg.pooled_axes == 0 and head.reduce.basis is None and not result.notes()
     first = next(m for m in head.body.modules() if isinstance(m, torch.nn.Linear)).weight.detach()  # (H, D)
     same, *moved = answers(head, _off_span_probe(head, x_train, first))
     assert max(abs(m / same - 1) for m in moved) > 0.25, (same, moved)
