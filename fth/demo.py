@@ -181,9 +181,10 @@ class Demo(Steps):
         self.results["heads"] = heads
 
     def label_curve(self) -> None:
-        """`fth eval` on people count read as pooled vectors (seconds per fit), the setting where the demo recipe
-        met issue 12's bar in bench/pretrain.py: the demo's encoder against its random init and raw pixels at 30,
-        100 and all labels, 3 head seeds, every fit scored on the same latest frames."""
+        """`fth eval` on people count read as pooled vectors (seconds per fit), the setting where the demo recipe came
+        closest to issue 12's bar in bench/pretrain.py (it does not meet it; README, `fth eval`): the demo's encoder
+        against its random init and raw pixels at 30, 100 and all labels, 3 head seeds, every fit scored on the same
+        latest frames."""
         from fth.report import read_eval
 
         out, labels = self.ws / "eval", self.ws / "labels" / "people.csv"
