@@ -90,3 +90,16 @@ def test_each_task_plots_a_png(tmp_path, fits):
         path = t.plot(tmp_path / f"{task}.png", out, target, images, f"{task} test")
         with Image.open(path) as im:
             assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 200
+
+
+def test_a_pooled_head_projected_onto_its_frames_span_round_trips(tmp_path):
+    x, y, t = synthetic.clock_features(60, dim=400, seed=3)  # 400 wide, 36 training frames: projected
+    result = fit_from_arrays("time_of_day", x, y, t, FitConfig(**QUICK))
+    axes = result.head_cfg.pooled_axes
+    assert axes == len(result.split.train) - 1
+    registry = Registry(tmp_path / "artifacts")
+    card = save_head(result, registry, encoder_id=ENC)
+    assert card.config["head"]["pooled_axes"] == axes
+    head = load_head(card.id, registry, encoder_id=ENC)
+    assert head.module.reduce.basis.shape == (400, axes)
+    assert torch.equal(predict_outputs(result.head, x[:5]), predict_outputs(head.module, x[:5]))
