@@ -180,3 +180,17 @@ def test_a_pooled_head_wider_than_its_training_frames_reads_only_their_span():
     first = next(m for m in head.body.modules() if isinstance(m, torch.nn.Linear)).weight.detach()  # (H, D)
     same, *moved = answers(head, _off_span_probe(head, x_train, first))
     assert max(abs(m / same - 1) for m in moved) > 0.25, (same, moved)
+
+
+def test_principal_axes_from_few_rows_match_the_covariance_route():
+    """Fewer rows than features (a pooled head's frames) take the Gram-matrix route: the same eigenvalues and axes."""
+    from heads.models import principal_axes
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(30, 8, generator=g) @ torch.randn(8, 200, generator=g) + 0.1 * torch.randn(30, 200, generator=g)
+    vals, axes = principal_axes(z, 12)
+    ref_vals, ref_vecs = torch.linalg.eigh((z.T @ z).double() / 29)
+    torch.testing.assert_close(vals, ref_vals[-12:].flip(0), rtol=1e-4, atol=0)  # float32 products either way
+    same = (axes.T @ ref_vecs[:, -12:].flip(1)).abs().diagonal()  # |cos| of each axis with its reference
+    torch.testing.assert_close(same, torch.ones(12, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(axes.T @ axes, torch.eye(12, dtype=torch.float64), atol=1e-6, rtol=0)
