@@ -128,7 +128,7 @@ class Reduce(nn.Module):
     per step, so over D inputs a frame's first-layer output moves by about D x lr per step, and on a frame with a
     component outside the training frames' span nothing in the loss ever held it back. Fitted on 24 frames, people
     count heads on 2880-wide pixel vectors answered e^20 people in 5 of 10 seeds. Projected onto the 23 axes the
-    frames span, every seed lands at 0.92-1.10 MAE. Not whitened: with as many axes as frames, whitening weighs the
+    frames span, every seed lands at 0.92-1.05 MAE. Not whitened: with as many axes as frames, whitening weighs the
     frames' smallest differences (noise) as much as their largest, and the same heads landed at 1.33-2.05.
 
     The clamp: a feature that hardly moves in the training frames (a burned-in clock's date digits, the sim's
