@@ -116,6 +116,7 @@ def principal_axes(z: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor]
     return vals[-p:].flip(0), vecs[:, -p:].flip(1)
 
 
+SPAN_TOL = 1e-9  # Reduce: principal axes with an eigenvalue below this share of the largest are not spanned
 RANGE_MARGIN = 0.1  # Reduce: inputs are clamped to the training range widened by this share of it on each side
 
 
@@ -181,8 +182,13 @@ class Reduce(nn.Module):
         if self.basis is not None:
             z = (torch.cat(sample) - self.mean) / self.std  # (rows, D), standardised: float32 products are enough
             top, axes = principal_axes(z, self.basis.shape[1])
-            scale = top.clamp_min(1e-6).sqrt() if self.whiten else top.mean().clamp_min(1e-6).sqrt()
-            self.basis.copy_((axes / scale).float())
+            # axes the rows do not really span (repeated rows: an ensemble member's bootstrap resample) are numerical
+            # noise, off the span like everything the projection is for: zeroed, so the head reads nothing there
+            real = top > SPAN_TOL * top[0].clamp_min(1e-30)
+            top = torch.where(real, top, torch.zeros_like(top))
+            kept = top[real].mean() if real.any() else torch.ones((), dtype=top.dtype)
+            scale = top.clamp_min(1e-6).sqrt() if self.whiten else kept.clamp_min(1e-6).sqrt()
+            self.basis.copy_((axes * real / scale).float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = (torch.clamp(x, self.low, self.high) - self.mean) / self.std

@@ -194,3 +194,22 @@ def test_principal_axes_from_few_rows_match_the_covariance_route():
     same = (axes.T @ ref_vecs[:, -12:].flip(1)).abs().diagonal()  # |cos| of each axis with its reference
     torch.testing.assert_close(same, torch.ones(12, dtype=torch.float64), atol=1e-4, rtol=0)
     torch.testing.assert_close(axes.T @ axes, torch.eye(12, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("whiten", [False, True])
+def test_axes_that_repeated_rows_do_not_span_are_zeroed(whiten):
+    """An ensemble member's bootstrap resample repeats frames: 30 rows of 10 distinct frames span 9 axes, not 29. The
+    other axes are numerical noise; zeroed, a direction off the frames' span still reaches nothing."""
+    from heads.models import Reduce
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 200, generator=g).repeat(3, 1)
+    reduce = Reduce(200, 29, whiten=whiten)
+    reduce.fit(x)
+    assert int((reduce.basis.abs().sum(0) > 0).sum()) == 9
+    z = (x - reduce.mean) / reduce.std
+    q, _ = torch.linalg.qr((z - z.mean(0)).T)
+    r = torch.randn(200, generator=g)
+    r = r - q @ (q.T @ r)
+    off = reduce(reduce.mean + 0.1 * reduce.std * r / r.abs().max())
+    assert off.abs().max() < 1e-4 * reduce(x).abs().max()
