@@ -80,10 +80,15 @@ class HeadConfig:
     reduce: int = 64
     pooled_axes: int = 0
 
+    @property
+    def on_grid(self) -> bool:
+        """The head reads token grids (gh, gw, D), not pooled vectors."""
+        return self.grid[0] * self.grid[1] > 0
+
 
 def reduced_dim(cfg: HeadConfig) -> int:
     """P: the width the trainable part of the head sees."""
-    p = cfg.reduce if cfg.grid[0] * cfg.grid[1] > 0 else cfg.pooled_axes
+    p = cfg.reduce if cfg.on_grid else cfg.pooled_axes
     return p if 0 < p < cfg.in_dim else cfg.in_dim
 
 
@@ -96,7 +101,7 @@ WIDE_POOLED = 4
 def pooled_axes_for(cfg: HeadConfig, n_train: int) -> int:
     """`pooled_axes` for a pooled head of width cfg.in_dim fitted on n_train frames: the n_train - 1 axes they span
     when the width is at least WIDE_POOLED x n_train, else 0 (see HeadConfig and `Reduce`)."""
-    if cfg.grid[0] * cfg.grid[1] > 0 or cfg.reduce <= 0 or cfg.in_dim < WIDE_POOLED * n_train:
+    if cfg.on_grid or cfg.reduce <= 0 or cfg.in_dim < WIDE_POOLED * n_train:
         return 0
     return max(1, n_train - 1)
 
@@ -185,7 +190,6 @@ class Reduce(nn.Module):
             # axes the rows do not really span (repeated rows: an ensemble member's bootstrap resample) are numerical
             # noise, off the span like everything the projection is for: zeroed, so the head reads nothing there
             real = top > SPAN_TOL * top[0].clamp_min(1e-30)
-            top = torch.where(real, top, torch.zeros_like(top))
             kept = top[real].mean() if real.any() else torch.ones((), dtype=top.dtype)
             scale = top.clamp_min(1e-6).sqrt() if self.whiten else kept.clamp_min(1e-6).sqrt()
             self.basis.copy_((axes * real / scale).float())
@@ -297,7 +301,7 @@ class DenseDecoder(nn.Module):
 
     def __init__(self, cfg: HeadConfig):
         super().__init__()
-        if cfg.grid[0] * cfg.grid[1] == 0:
+        if not cfg.on_grid:
             raise ValueError("a dense decoder reads token grids; got pooled features")
         self.cfg = cfg
         c = cfg.channels
@@ -334,7 +338,7 @@ class Head(nn.Module):
         super().__init__()
         self.cfg = cfg
         p = reduced_dim(cfg)
-        self.reduce = Reduce(cfg.in_dim, p, whiten=cfg.grid[0] * cfg.grid[1] > 0)
+        self.reduce = Reduce(cfg.in_dim, p, whiten=cfg.on_grid)
         self.body = HEADS[resolve_kind(cfg)](replace(cfg, in_dim=p))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -345,10 +349,9 @@ def resolve_kind(cfg: HeadConfig) -> str:
     """`auto` -> the default head for the task and feature form."""
     if cfg.kind != "auto":
         return cfg.kind
-    is_grid = cfg.grid[0] * cfg.grid[1] > 0
     if cfg.dense:
         return "dense"
-    return "attnpool" if is_grid else "mlp"
+    return "attnpool" if cfg.on_grid else "mlp"
 
 
 def build_head(cfg: HeadConfig) -> nn.Module:
@@ -356,7 +359,7 @@ def build_head(cfg: HeadConfig) -> nn.Module:
     kind = resolve_kind(cfg)
     if cfg.dense and kind in ("mlp", "attnpool"):
         raise ValueError(f"head kind {kind!r} predicts one vector per frame; a dense task needs 'dense' or 'linear'")
-    if cfg.dense and cfg.grid[0] * cfg.grid[1] == 0:
+    if cfg.dense and not cfg.on_grid:
         raise ValueError("a dense task needs token-grid features (B, gh, gw, D), not pooled vectors")
     if not cfg.dense and kind == "dense":
         raise ValueError("head kind 'dense' predicts maps; a scalar task needs 'linear', 'mlp' or 'attnpool'")
