@@ -38,6 +38,7 @@ FTH = [sys.executable, "-m", "fth"]
 # trains the `wide128` setting). Added to every setting's items; not part of the encoder names, so workspaces built
 # before the demo changed keep their encoders.
 BASE = ["model.encoder.dim=64", "model.encoder.dim_head=16"]
+W128 = ["model.encoder.dim=128", "model.encoder.dim_head=32"]  # the wide128 settings' width (the demo's now)
 # name -> (fth train --set items, fth eval extra flags).
 SETTINGS: dict[str, tuple[list[str], list[str]]] = {
     "demo": ([], []),
@@ -48,25 +49,25 @@ SETTINGS: dict[str, tuple[list[str], list[str]]] = {
     "steps3000": (["max_steps=3000"], []),
     "mask50": (["model.mask_ratio=0.5"], []),
     "mask90": (["model.mask_ratio=0.9"], []),
-    "wide128": (["model.encoder.dim=128", "model.encoder.dim_head=32"], []),
+    "wide128": ([*W128], []),
     "pix_loss": (["model.norm_pix_loss=false"], []),
     # the frames' own 192x320 at the same 8 px patches: a 24x40 token grid, 4x the tokens (bench/depth_ceiling.py:
     # a per-cell depth head can gain at most 18% over the scene prior at 12x20, 45% at 24x40)
     "fine_grid": (["model.encoder.img_size=[192,320]"], []),
-    "wide128_steps3000": (["model.encoder.dim=128", "model.encoder.dim_head=32", "max_steps=3000"], []),
-    "wide128_seed1": (["model.encoder.dim=128", "model.encoder.dim_head=32", "seed=1"], []),
-    "wide128_steps2000": (["model.encoder.dim=128", "model.encoder.dim_head=32", "max_steps=2000"], []),
-    "wide128_steps2000_seed1": (["model.encoder.dim=128", "model.encoder.dim_head=32", "max_steps=2000", "seed=1"], []),
-    "wide128_steps2000_seed2": (["model.encoder.dim=128", "model.encoder.dim_head=32", "max_steps=2000", "seed=2"], []),
-    "wide128_steps3000_seed1": (["model.encoder.dim=128", "model.encoder.dim_head=32", "max_steps=3000", "seed=1"], []),
+    "wide128_steps3000": ([*W128, "max_steps=3000"], []),
+    "wide128_seed1": ([*W128, "seed=1"], []),
+    "wide128_steps2000": ([*W128, "max_steps=2000"], []),
+    "wide128_steps2000_seed1": ([*W128, "max_steps=2000", "seed=1"], []),
+    "wide128_steps2000_seed2": ([*W128, "max_steps=2000", "seed=2"], []),
+    "wide128_steps3000_seed1": ([*W128, "max_steps=3000", "seed=1"], []),
     # every patch in the loss, not only the masked ones: a visible token must carry its own patch (a small person)
-    "wide128_visloss": (["model.encoder.dim=128", "model.encoder.dim_head=32", "model.visible_loss_weight=1.0"], []),
+    "wide128_visloss": ([*W128, "model.visible_loss_weight=1.0"], []),
     "wide128_visloss_seed1": (
-        ["model.encoder.dim=128", "model.encoder.dim_head=32", "model.visible_loss_weight=1.0", "seed=1"],
+        [*W128, "model.visible_loss_weight=1.0", "seed=1"],
         [],
     ),
     "fine_grid_wide128": (
-        ["model.encoder.img_size=[192,320]", "model.encoder.dim=128", "model.encoder.dim_head=32"],
+        ["model.encoder.img_size=[192,320]", *W128],
         [],
     ),
 }
