@@ -125,19 +125,20 @@ def test_heads_saved_before_the_clamp_still_load():
     assert torch.isinf(reduce.low).all() and torch.isinf(reduce.high).all()
 
 
-def _off_span_probe(head, x_train: np.ndarray, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Three feature rows: the training mean, and it moved either way by at most half a training std per feature along
-    a direction the (standardised, centred) training frames do not span: a random one, or where `weights` (H, D)
-    reach furthest off the span."""
-    reduce = head.reduce
+def _off_span_probe(
+    reduce, x_train, weights: torch.Tensor | None = None, share: float = 0.5, seed: int = 0
+) -> torch.Tensor:
+    """Three feature rows: `reduce`'s training mean, and it moved either way by at most `share` of a training std per
+    feature along a direction the (standardised, centred) training frames do not span: a random one, or where
+    `weights` (H, D) reach furthest off the span."""
     z = (torch.as_tensor(x_train) - reduce.mean) / reduce.std
     q, _ = torch.linalg.qr((z - z.mean(0)).T)  # (D, n) orthonormal: the frames' span
     if weights is None:
-        r = torch.randn(z.shape[1], generator=torch.Generator().manual_seed(0))
+        r = torch.randn(z.shape[1], generator=torch.Generator().manual_seed(seed))
         r = r - q @ (q.T @ r)
     else:
         r = torch.linalg.svd(weights - (weights @ q) @ q.T, full_matrices=False).Vh[0]
-    step = 0.5 * reduce.std * r / r.abs().max()
+    step = share * reduce.std * r / r.abs().max()
     return torch.stack([reduce.mean, reduce.mean + step, reduce.mean - step])
 
 
@@ -171,14 +172,14 @@ def test_a_pooled_head_wider_than_its_training_frames_reads_only_their_span():
     assert any("axes those frames span" in note for note in result.notes())  # `fth heads fit` prints it
     gram = head.reduce.basis.T @ head.reduce.basis  # not whitened: orthogonal axes, one common scale
     torch.testing.assert_close(gram, gram[0, 0] * torch.eye(gram.shape[0]), atol=1e-5 * gram[0, 0].item(), rtol=0)
-    same, *moved = answers(head, _off_span_probe(head, x_train))
+    same, *moved = answers(head, _off_span_probe(head.reduce, x_train))
     assert moved == pytest.approx([same, same], rel=1e-5)
     assert result.metrics["mae"] < 0.6 * result.baseline["mae"]  # and it still learned the count
 
     result, head, x_train = fit(0)  # the head as before: standardised only
     assert result.head_cfg.pooled_axes == 0 and head.reduce.basis is None and not result.notes()
     first = next(m for m in head.body.modules() if isinstance(m, torch.nn.Linear)).weight.detach()  # (H, D)
-    same, *moved = answers(head, _off_span_probe(head, x_train, first))
+    same, *moved = answers(head, _off_span_probe(head.reduce, x_train, first))
     assert max(abs(m / same - 1) for m in moved) > 0.25, (same, moved)
 
 
@@ -207,9 +208,5 @@ def test_axes_that_repeated_rows_do_not_span_are_zeroed(whiten):
     reduce = Reduce(200, 29, whiten=whiten)
     reduce.fit(x)
     assert int((reduce.basis.abs().sum(0) > 0).sum()) == 9
-    z = (x - reduce.mean) / reduce.std
-    q, _ = torch.linalg.qr((z - z.mean(0)).T)
-    r = torch.randn(200, generator=g)
-    r = r - q @ (q.T @ r)
-    off = reduce(reduce.mean + 0.1 * reduce.std * r / r.abs().max())
+    off = reduce(_off_span_probe(reduce, x, share=0.1)[1:])
     assert off.abs().max() < 1e-4 * reduce(x).abs().max()
